@@ -1,0 +1,151 @@
+"""Where the kept tokens of a pruned sequence sit, and the index maps the aligned layers need (DESIGN 2.3).
+
+A layout belongs to one forward pass. Tensors of kept tokens are (b, K, C) in ascending original position;
+`keep` (b, K) holds those positions in the full sequence of length L. Index maps are computed once per layout
+and shared by every layer after the prune point.
+
+Fill of pruned positions for convolutions (`conv_fill`):
+    hold    1-D: the last kept token before it in that scan order (none before: zero, like the conv padding).
+            2-D: the nearest kept token on the grid by Euclidean distance, ties to the lowest raster index.
+    packed  1-D only: the convolution runs over the kept tokens as if adjacent (what naive pruning does).
+    zero    zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+CONV_FILLS = ("hold", "packed", "zero")
+DELTA_FILLS = ("calib", "bias", "zero")
+
+
+class TokenLayout:
+    def __init__(self, keep: Tensor, length: int, grid: Optional[Tuple[int, int]] = None,
+                 conv_fill: str = "hold", delta_fill: str = "calib", refill: Optional[Tensor] = None):
+        if conv_fill not in CONV_FILLS:
+            raise ValueError(f"conv_fill must be one of {CONV_FILLS}, got {conv_fill!r}")
+        if delta_fill not in DELTA_FILLS:
+            raise ValueError(f"delta_fill must be one of {DELTA_FILLS}, got {delta_fill!r}")
+        if grid is not None and grid[0] * grid[1] != length:
+            raise ValueError(f"grid {grid} does not hold {length} tokens")
+        self.keep = keep
+        self.length = int(length)
+        self.grid = grid
+        self.conv_fill = conv_fill
+        self.delta_fill = delta_fill
+        self.refill = refill  # (b, L, C) features of pruned tokens, for hierarchical models
+        self._cache: Dict[object, object] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def full(cls, batch: int, length: int, device=None, **kw) -> "TokenLayout":
+        keep = torch.arange(length, device=device).expand(batch, length).contiguous()
+        return cls(keep, length, **kw)
+
+    def select(self, idx: Tensor, refill: Optional[Tensor] = None) -> "TokenLayout":
+        """Keep a subset: idx (b, K') indexes the current kept tokens and must be ascending per row."""
+        return TokenLayout(self.keep.gather(1, idx), self.length, self.grid, self.conv_fill, self.delta_fill,
+                           self.refill if refill is None else refill)
+
+    @property
+    def batch(self) -> int:
+        return self.keep.shape[0]
+
+    @property
+    def num_kept(self) -> int:
+        return self.keep.shape[1]
+
+    # ------------------------------------------------------------------ index maps
+    def _cached(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def mask(self) -> Tensor:
+        """(b, L) bool, True at kept positions."""
+        def make():
+            m = torch.zeros(self.batch, self.length, dtype=torch.bool, device=self.keep.device)
+            return m.scatter(1, self.keep, True)
+        return self._cached("mask", make)
+
+    def rank(self) -> Tensor:
+        """(b, L) long: index of each position in the kept array, -1 where pruned."""
+        def make():
+            r = torch.full((self.batch, self.length), -1, dtype=torch.long, device=self.keep.device)
+            ar = torch.arange(self.num_kept, device=self.keep.device).expand(self.batch, -1)
+            return r.scatter(1, self.keep, ar)
+        return self._cached("rank", make)
+
+    def scan_steps(self, order: Tensor, key: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        """For a scan order (L,) of positions: the kept steps (b, K) ascending, and their kept-array index.
+
+        A step is kept when the token it reads (order[step]) is kept.
+        """
+        def make():
+            o = order.to(self.keep.device)
+            kept_step = self.mask()[:, o]                                  # (b, L)
+            ar = torch.arange(self.length, device=o.device)
+            steps = torch.where(kept_step, ar, ar + self.length).sort(dim=1).values[:, : self.num_kept]
+            src = self.rank().gather(1, o[steps])
+            return steps, src
+        return self._cached(("steps", key if key is not None else (order.data_ptr(), order.numel())), make)
+
+    def fill_index(self, kind: str) -> Tensor:
+        """(b, L) kept-array index that each position reads, -1 for zero.
+
+        kind: 'zero', 'forward' (1-D hold in raster order), 'backward' (1-D hold in reversed order),
+        'grid' (2-D hold: nearest kept token on the grid).
+        """
+        return self._cached(("fill", kind), lambda: self._fill_index(kind))
+
+    def _fill_index(self, kind: str) -> Tensor:
+        rank = self.rank()
+        if kind == "zero":
+            return rank
+        if kind == "forward":
+            return rank.cummax(dim=1).values
+        if kind == "backward":
+            r = torch.where(rank < 0, torch.full_like(rank, self.num_kept), rank)
+            r = r.flip(1).cummin(dim=1).values.flip(1)
+            return torch.where(r >= self.num_kept, torch.full_like(r, -1), r)
+        if kind == "grid":
+            if self.grid is None:
+                raise ValueError("2-D fill needs a grid")
+            H, W = self.grid
+            dev = self.keep.device
+            yy, xx = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
+            coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=-1).to(torch.float32)  # (L, 2)
+            out = []
+            for chunk in self.keep.split(16, dim=0):  # bound the (b, L, K) distance matrix
+                kept_xy = coords[chunk]                                                     # (c, K, 2)
+                d = torch.cdist(coords.expand(chunk.shape[0], -1, -1), kept_xy)             # (c, L, K)
+                out.append(d.argmin(dim=2))  # first minimum = lowest raster index among ties
+            return torch.cat(out, dim=0)
+        raise ValueError(f"unknown fill kind {kind!r}")
+
+    # ------------------------------------------------------------------ moving tokens
+    def scatter(self, x: Tensor, fill_kind: str = "zero") -> Tensor:
+        """(b, K, C) kept tokens → (b, L, C) full sequence, pruned positions filled by `fill_kind`."""
+        idx = self.fill_index(fill_kind)
+        b, L = idx.shape
+        full = x.gather(1, idx.clamp(min=0)[..., None].expand(b, L, x.shape[-1]))
+        if fill_kind != "grid":
+            full = full.masked_fill((idx < 0)[..., None], 0.0)
+        return full
+
+    def gather(self, x_full: Tensor) -> Tensor:
+        """(b, L, C) → (b, K, C) at the kept positions."""
+        return x_full.gather(1, self.keep[..., None].expand(-1, -1, x_full.shape[-1]))
+
+    def take(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Rows of (b, K, C) `x` at index (b, M)."""
+        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+    def refilled(self, x: Tensor) -> Tensor:
+        """Hierarchical models: the full grid again, pruned positions from their prune point's features."""
+        if self.refill is None:
+            raise ValueError("this layout carries no refill features")
+        return self.refill.scatter(1, self.keep[..., None].expand(-1, -1, x.shape[-1]), x)

@@ -1,0 +1,149 @@
+"""Mamba-1 selective scan as the vision models use it: dispatch point plus PyTorch references.
+
+Shapes (b batch, e channels, n state size, l steps):
+    u, delta, z: (b, e, l)      A: (e, n)        B, C: (b, n, l)
+    D, delta_bias, delta_fill: (e,)              B_bias: (n, l) or (b, n, l)
+    gap: (b, l), pruned positions skipped just before each step (the aligned-pruning position map)
+
+Semantics (DESIGN 2.1 / 2.3):
+    dt    = softplus(delta + delta_bias)            (no softplus when delta_softplus=False)
+    dt_a  = dt + gap * delta_fill                   (decay stream; equals dt when gap is None)
+    h_t   = exp(dt_a_t * A) h_{t-1} + dt_t * (B_t + B_bias_t) * u_t
+    y_t   = C_t . h_t + D * u_t ;   out = y * silu(z) when z is given
+Computation runs in float32, or float64 when the inputs are float64; the output has u's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_BACKENDS = ("auto", "triton", "reference", "exact")
+_backend = os.environ.get("SSMPRUNE_SCAN_BACKEND", "auto")
+
+
+@contextlib.contextmanager
+def scan_backend(name: str) -> Iterator[None]:
+    """Force a backend: 'auto' (Triton on CUDA, chunked reference elsewhere), 'triton', 'reference' or 'exact'."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; choose one of {', '.join(_BACKENDS)}")
+    previous, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = previous
+
+
+def current_backend() -> str:
+    return _backend
+
+
+def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            dtype = torch.float64
+    return dtype
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill):
+    """Discretisation shared by both references: returns dt (input stream), log-decay, B, C in compute dtype."""
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, delta_fill)
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)  # threshold 20, as the CUDA kernels
+    dt_decay = dt
+    if gap is not None and delta_fill is not None:
+        dt_decay = dt + gap.to(dtype)[:, None, :] * delta_fill.to(dtype)[None, :, None]
+    Bf = B.to(dtype)
+    if B_bias is not None:
+        Bf = Bf + B_bias.to(dtype)
+    return dtype, dt, dt_decay, A.to(dtype), Bf, C.to(dtype)
+
+
+def _finish(y, u, D, z, dtype, out_dtype):
+    if D is not None:
+        y = y + u.to(dtype) * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(out_dtype)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                       B_bias=None, gap=None, delta_fill=None) -> Tensor:
+    """The definition: one exact loop over the steps. Slow; use it to check everything else."""
+    dtype, dt, dt_decay, A, Bf, Cf = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                              B_bias, gap, delta_fill)
+    b, e, l = u.shape
+    uf = u.to(dtype)
+    h = u.new_zeros((b, e, A.shape[1]), dtype=dtype)
+    ys = []
+    for t in range(l):
+        decay = torch.exp(dt_decay[:, :, t, None] * A)                     # (b, e, n)
+        h = decay * h + (dt[:, :, t] * uf[:, :, t])[:, :, None] * Bf[:, None, :, t]
+        ys.append(torch.einsum("ben,bn->be", h, Cf[:, :, t]))
+    y = torch.stack(ys, dim=-1) if ys else uf.new_zeros((b, e, 0))
+    return _finish(y, u, D, z, dtype, u.dtype)
+
+
+def _segsum(a: Tensor) -> Tensor:
+    """seg[..., t, s] = sum_{s < j <= t} a_j for s <= t, -inf above the diagonal.
+
+    Summed directly (not as a difference of cumulative sums), so large |a| neither overflows nor cancels.
+    """
+    T = a.shape[-1]
+    x = a[..., :, None].expand(*a.shape, T)                                # x[..., j, s] = a_j
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)  # j > s
+    x = x.masked_fill(~strict, 0.0)
+    seg = x.cumsum(dim=-2)                                                 # sum over j <= t
+    keep = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(0)
+    return seg.masked_fill(~keep, float("-inf"))
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                           B_bias=None, gap=None, delta_fill=None, chunk: int = 16) -> Tensor:
+    """Same result as the loop, computed chunk by chunk with dense (T x T) decay matrices: the CPU path."""
+    dtype, dt, dt_decay, A, Bf, Cf = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                              B_bias, gap, delta_fill)
+    b, e, l = u.shape
+    n = A.shape[1]
+    uf = u.to(dtype)
+    h = uf.new_zeros((b, e, n))
+    ys = []
+    for s in range(0, l, chunk):
+        sl = slice(s, min(s + chunk, l))
+        a = dt_decay[:, :, None, sl] * A[None, :, :, None]                  # (b, e, n, T) log-decay
+        x = (dt[:, :, sl] * uf[:, :, sl])[:, :, None, :] * Bf[:, None, :, sl]  # (b, e, n, T)
+        w = torch.exp(_segsum(a))                                          # (b, e, n, T, T)
+        H = torch.einsum("bents,bens->bent", w, x) + torch.exp(a.cumsum(-1)) * h[..., None]
+        ys.append(torch.einsum("bent,bnt->bet", H, Cf[:, :, sl]))
+        h = H[..., -1]
+    y = torch.cat(ys, dim=-1) if ys else uf.new_zeros((b, e, 0))
+    return _finish(y, u, D, z, dtype, u.dtype)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                   B_bias=None, gap=None, delta_fill=None, backend: Optional[str] = None) -> Tensor:
+    """The scan every model calls. CUDA tensors go to the Triton kernels, CPU tensors to the chunked reference;
+    `backend` (or `scan_backend(...)` / $SSMPRUNE_SCAN_BACKEND) forces one."""
+    name = backend or _backend
+    if name == "auto":
+        name = "triton" if u.is_cuda else "reference"
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+    if name == "triton":
+        from ssmprune_cli.kernels import selective_scan_triton  # imports triton only here
+
+        return selective_scan_triton(*args)
+    if name == "exact":
+        return selective_scan_ref(*args)
+    if name == "reference":
+        return selective_scan_chunked(*args)
+    raise ValueError(f"unknown scan backend {name!r}; choose one of {', '.join(_BACKENDS)}")
