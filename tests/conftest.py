@@ -18,3 +18,35 @@ import pytest  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# ---------------------------------------------------------------------------------------------- real data
+import tarfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+CIFAR_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def _extract_cifar(dest: Path, split: str, per_class: int) -> Path:
+    """Extract the first `per_class` images of each class of one split (the tarball stays outside the repo)."""
+    if not CIFAR_TAR.exists():
+        pytest.fail(f"CIFAR-10 test data not found at {CIFAR_TAR} (CI lays ../shared beside the checkout)")
+    counts = {}
+    with tarfile.open(CIFAR_TAR, "r:gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 4 or parts[1] != split:
+                continue
+            if counts.get(parts[2], 0) >= per_class:
+                continue
+            counts[parts[2]] = counts.get(parts[2], 0) + 1
+            target = dest / parts[2] / parts[3]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(m).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_test_dir(tmp_path_factory) -> Path:
+    """A small ImageFolder of real CIFAR-10 test images: 10 classes x 12 images."""
+    return _extract_cifar(tmp_path_factory.mktemp("cifar_test"), "test", 12)

@@ -1,1 +1,1 @@
-"""data"""
+"""Image data for calibration, evaluation and fine-tuning."""

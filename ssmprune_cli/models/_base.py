@@ -17,6 +17,7 @@ from torch import Tensor, nn
 class PrunableModel(nn.Module):
     family: str = "?"
     cfg: Any
+    hierarchical: bool = False  # True: pruning is per stage and the grid is refilled before downsampling
 
     # --- description ------------------------------------------------------------------------
     def config_dict(self) -> Dict[str, Any]:

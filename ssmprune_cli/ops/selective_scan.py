@@ -16,8 +16,9 @@ Computation runs in float32, or float64 when the inputs are float64; the output 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,21 @@ def scan_backend(name: str) -> Iterator[None]:
 
 def current_backend() -> str:
     return _backend
+
+
+_shapes_only = False
+
+
+@contextlib.contextmanager
+def traced_scan_shapes_only() -> Iterator[None]:
+    """While tracing to count FLOPs: the traced scan returns a tensor of the right shape without computing it
+    (counts depend on shapes only, and the CPU reference is slow on full-size models)."""
+    global _shapes_only
+    previous, _shapes_only = _shapes_only, True
+    try:
+        yield
+    finally:
+        _shapes_only = previous
 
 
 def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
@@ -94,40 +110,53 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return _finish(y, u, D, z, dtype, u.dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _tri_masks(T: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(not strictly lower, not lower-or-diagonal) masks, built once per chunk length and device."""
+    ones = torch.ones(T, T, dtype=torch.bool, device=device)
+    return ~ones.tril(-1), ~ones.tril(0)
+
+
 def _segsum(a: Tensor) -> Tensor:
     """seg[..., t, s] = sum_{s < j <= t} a_j for s <= t, -inf above the diagonal.
 
     Summed directly (not as a difference of cumulative sums), so large |a| neither overflows nor cancels.
     """
     T = a.shape[-1]
-    x = a[..., :, None].expand(*a.shape, T)                                # x[..., j, s] = a_j
-    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)  # j > s
-    x = x.masked_fill(~strict, 0.0)
-    seg = x.cumsum(dim=-2)                                                 # sum over j <= t
-    keep = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(0)
-    return seg.masked_fill(~keep, float("-inf"))
+    not_strict, not_keep = _tri_masks(T, a.device)
+    x = a[..., :, None].expand(*a.shape, T).masked_fill(not_strict, 0.0)  # x[..., j, s] = a_j for j > s
+    return x.cumsum(dim=-2).masked_fill(not_keep, float("-inf"))         # sum over s < j <= t
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
-                           B_bias=None, gap=None, delta_fill=None, chunk: int = 16) -> Tensor:
-    """Same result as the loop, computed chunk by chunk with dense (T x T) decay matrices: the CPU path."""
+                           B_bias=None, gap=None, delta_fill=None, chunk: int = 8) -> Tensor:
+    """Same result as the loop, chunk by chunk with dense (T x T) decay matrices.
+
+    Fewer Python steps than the loop (L / T instead of L) for T times the arithmetic: faster for narrow scans
+    over long sequences (GroupMamba's grouped scans, N = 1), slower for wide ones; `selective_scan` picks.
+    """
     dtype, dt, dt_decay, A, Bf, Cf = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                               B_bias, gap, delta_fill)
     b, e, l = u.shape
     n = A.shape[1]
     uf = u.to(dtype)
-    h = uf.new_zeros((b, e, n))
+    a_all = dt_decay[:, :, None, :] * A[None, :, :, None]                     # (b, e, n, l) log-decay
+    x_all = (dt * uf)[:, :, None, :] * Bf[:, None, :, :]                      # (b, e, n, l) input term
+    h = uf.new_zeros((b, e, n, 1))
     ys = []
     for s in range(0, l, chunk):
         sl = slice(s, min(s + chunk, l))
-        a = dt_decay[:, :, None, sl] * A[None, :, :, None]                  # (b, e, n, T) log-decay
-        x = (dt[:, :, sl] * uf[:, :, sl])[:, :, None, :] * Bf[:, None, :, sl]  # (b, e, n, T)
-        w = torch.exp(_segsum(a))                                          # (b, e, n, T, T)
-        H = torch.einsum("bents,bens->bent", w, x) + torch.exp(a.cumsum(-1)) * h[..., None]
-        ys.append(torch.einsum("bent,bnt->bet", H, Cf[:, :, sl]))
-        h = H[..., -1]
+        a, x = a_all[..., sl], x_all[..., sl]
+        w = torch.exp(_segsum(a))                                              # (b, e, n, T, T)
+        H = torch.matmul(w, x.unsqueeze(-1)).squeeze(-1) + torch.exp(a.cumsum(-1)) * h
+        ys.append((H * Cf[:, None, :, sl]).sum(2))                              # (b, e, T)
+        h = H[..., -1:]
     y = torch.cat(ys, dim=-1) if ys else uf.new_zeros((b, e, 0))
     return _finish(y, u, D, z, dtype, u.dtype)
+
+
+# Below this many (batch x channel x state) scan lanes the chunked form beats the loop on CPU.
+_CHUNKED_MAX_LANES = 8192
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -137,7 +166,32 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     name = backend or _backend
     if name == "auto":
         name = "triton" if u.is_cuda else "reference"
-    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+    if torch.jit.is_tracing():
+        absent = u.new_empty(0)
+        opt = [absent if t is None else t for t in (D, z, delta_bias, B_bias, gap, delta_fill)]
+        return TracedScan.apply(u, delta, A, B, C, *opt, delta_softplus, name)
+    return _run(name, u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+
+
+class TracedScan(torch.autograd.Function):
+    """While tracing (fvcore, torch.jit.trace) the scan is this one op, `prim::PythonOp.TracedScan`, so a FLOP
+    counter sees one call, not the backend's internals. Tensor inputs keep fixed positions: (u, delta, A, B, C,
+    D, z, delta_bias, B_bias, gap, delta_fill), an absent one as an empty (0,) tensor."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, delta_softplus, name):
+        if _shapes_only:
+            return u.clone()
+        D, z, delta_bias, B_bias, gap, delta_fill = (None if t.shape == (0,) else t
+                                                     for t in (D, z, delta_bias, B_bias, gap, delta_fill))
+        return _run(name, u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("the traced scan is for counting and export; train without torch.jit tracing")
+
+
+def _run(name, *args) -> Tensor:
     if name == "triton":
         from ssmprune_cli.kernels import selective_scan_triton  # imports triton only here
 
@@ -145,5 +199,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "exact":
         return selective_scan_ref(*args)
     if name == "reference":
-        return selective_scan_chunked(*args)
+        b, e, _ = args[0].shape
+        if b * e * args[2].shape[1] <= _CHUNKED_MAX_LANES:
+            return selective_scan_chunked(*args)
+        return selective_scan_ref(*args)
     raise ValueError(f"unknown scan backend {name!r}; choose one of {', '.join(_BACKENDS)}")

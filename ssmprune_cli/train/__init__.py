@@ -1,1 +1,1 @@
-"""train"""
+"""Brief fine-tuning and training loops."""

@@ -68,7 +68,8 @@ class TokenLayout:
         """(b, L) bool, True at kept positions."""
         def make():
             m = torch.zeros(self.batch, self.length, dtype=torch.bool, device=self.keep.device)
-            return m.scatter(1, self.keep, True)
+            # a tensor source, not a Python bool: torch.jit.trace (fvcore) has no scatter overload for bool
+            return m.scatter(1, self.keep, torch.ones_like(self.keep, dtype=torch.bool))
         return self._cached("mask", make)
 
     def rank(self) -> Tensor:

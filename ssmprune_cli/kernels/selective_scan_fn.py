@@ -1,0 +1,162 @@
+"""The Triton selective scan as a torch.autograd.Function: argument preparation, launches and gradients.
+
+Shapes and semantics are those of `ssmprune_cli.ops.selective_scan` (its docstring is the definition). The kernels
+compute in float32 whatever the input dtypes; outputs and input gradients come back in their inputs' dtypes.
+Float64 inputs go to the PyTorch reference instead, which keeps float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional, Tuple
+
+import torch
+import triton
+from torch import Tensor
+
+from ssmprune_cli.errors import BadInputError
+
+from . import SCAN_FUNCTION_NAME  # noqa: F401  (the class name below must match it)
+from . import selective_scan_kernels as K
+
+# Launch shapes: channels per program and warps. The forward keeps 4 states x 4 channels per thread. The backward
+# keeps 4 x 2 (it also holds a 4-step buffer of decays and states) in one warp, so its per-step sums over channels
+# need no shared memory. benchmarks/scan.py overrides these to compare.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 128, "num_warps": 4}, "bwd": {"BE": 16, "num_warps": 1}}
+
+_TILE = 8  # the forward's steps per tile; B and C copies are padded to a multiple of it
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    """Every buffer a kernel must fill completely (tests swap in a NaN-filled version to catch gaps)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """The kernels need the step axis contiguous; other strides are passed through."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _vec(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.detach().float().contiguous()
+
+
+def _padded_states(N: int) -> int:
+    return max(2, triton.next_power_of_2(N))
+
+
+def _bc_copies(B: Tensor, C: Tensor, B_bias: Optional[Tensor], NP: int, Lp: int) -> Tuple[Tensor, Tensor]:
+    """(b, Lp, NP) float32 copies of B + B_bias and C, zero-padded: one 16-byte row per step and state block."""
+    b, n, l = B.shape
+    Bs = B.float() if B_bias is None else B.float() + B_bias.float()
+    Bt = B.new_zeros((b, Lp, NP), dtype=torch.float32)
+    Ct = B.new_zeros((b, Lp, NP), dtype=torch.float32)
+    Bt[:, :l, :n] = Bs.transpose(1, 2)
+    Ct[:, :l, :n] = C.float().transpose(1, 2)
+    return Bt, Ct
+
+
+def _flags(D, z, delta_bias, delta_softplus, gap, delta_fill) -> Dict[str, bool]:
+    return {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+            "SOFTPLUS": bool(delta_softplus), "HAS_GAP": gap is not None and delta_fill is not None,
+            "FAST": not K.INTERPRET}
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Forward and backward of the selective scan through the Triton kernels (argument order as
+    `ops.selective_scan`, plus `save`: keep the 4-step states for a backward)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill, save):
+        b, e, l = u.shape
+        N = A.shape[1]
+        NP = _padded_states(N)
+        Lp = triton.cdiv(max(l, 1), _TILE) * _TILE
+        u, delta = _rows(u), _rows(delta)
+        z = None if z is None else _rows(z)
+        gap = None if gap is None else _rows(gap)
+        A2 = A.new_zeros((e, NP), dtype=torch.float32)
+        A2[:, :N] = A.detach().float() * K.LOG2E
+        Bt, Ct = _bc_copies(B.detach(), C.detach(), None if B_bias is None else B_bias.detach(), NP, Lp)
+        Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
+        flags = _flags(D, z, delta_bias, delta_softplus, gap, delta_fill)
+        out = _empty((b, e, l), u.dtype, u.device)
+        hs = _empty((b, Lp // K.CHECKPOINT, e, NP), torch.float32, u.device) if save else A2
+        cfg = LAUNCH["fwd"]
+        if l > 0:
+            K._fwd_kernel[(triton.cdiv(e, cfg["BE"]), b)](
+                u, delta, A2, Bt, Ct, _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), out, hs,
+                l, e, Lp,
+                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
+                BE=cfg["BE"], NP=NP, SAVE=bool(save), num_warps=cfg["num_warps"], PROBE=cfg.get("PROBE", 0),
+                **flags)
+        if save:
+            ctx.save_for_backward(u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs)
+            ctx.meta = (N, NP, Lp, flags, A.dtype, B.dtype, C.dtype, B_bias is not None and B_bias.dim() == 2,
+                        None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
+                        None if delta_fill is None else delta_fill.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs = ctx.saved_tensors
+        N, NP, Lp, flags, A_dt, B_dt, C_dt, shared_bias, D_dt, bias_dt, fill_dt = ctx.meta
+        b, e, l = u.shape
+        dout = _rows(dout)
+        f32 = {"dtype": torch.float32, "device": u.device}
+        du = _empty((b, e, l), u.dtype, u.device)
+        ddelta = _empty((b, e, l), delta.dtype, u.device)
+        dz = _empty((b, e, l), z.dtype, u.device) if z is not None else None
+        dBt, dCt = torch.zeros((b, Lp, NP), **f32), torch.zeros((b, Lp, NP), **f32)
+        dA2 = torch.zeros((e, NP), **f32)
+        dD, dbias, dfill = (torch.zeros((e,), **f32) if t is not None else None for t in (Dv, bias, fill))
+        cfg = LAUNCH["bwd"]
+        if l > 0:
+            K._bwd_kernel[(triton.cdiv(e, cfg["BE"]), b)](
+                u, delta, A2, Bt, Ct, _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), hs, dout,
+                du, ddelta, _or(dz, du), dBt, dCt, dA2, _or(dD, dA2), _or(dbias, dA2), _or(dfill, dA2),
+                l, e, Lp,
+                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
+                dout.stride(0), dout.stride(1),
+                BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **flags)
+        dBfull = dBt[:, :l, :N].transpose(1, 2)
+        dB = dBfull.to(B_dt)
+        dC = dCt[:, :l, :N].transpose(1, 2).to(C_dt)
+        dB_bias = None
+        if ctx.needs_input_grad[9]:
+            dB_bias = dBfull.sum(0) if shared_bias else dBfull
+        return (du, ddelta, dA2[:, :N].to(A_dt), dB, dC, _cast(dD, D_dt), dz, _cast(dbias, bias_dt), None,
+                dB_bias, None, _cast(dfill, fill_dt), None)
+
+
+def _or(x: Optional[Tensor], dummy: Tensor) -> Tensor:
+    """Absent optional inputs: any valid pointer; the kernel's flags keep it unread."""
+    return dummy if x is None else x
+
+
+def _bstrides(z: Optional[Tensor]) -> Tuple[int, int]:
+    return (0, 0) if z is None else (z.stride(0), z.stride(1))
+
+
+def _gstride(gap: Optional[Tensor]) -> Tuple[int]:
+    return (0,) if gap is None else (gap.stride(0),)
+
+
+def _cast(x: Optional[Tensor], dtype) -> Optional[Tensor]:
+    return None if x is None else x.to(dtype)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, B_bias=None,
+                          gap=None, delta_fill=None) -> Tensor:
+    """`ops.selective_scan` on the GPU (or under TRITON_INTERPRET=1), differentiable in every input but gap."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill)
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        from ssmprune_cli.ops.selective_scan import selective_scan_chunked  # float64 stays exact
+
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+    if not (u.is_cuda or K.INTERPRET):
+        raise BadInputError("the Triton scan needs CUDA tensors; use the 'reference' scan backend on the CPU")
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill,
+                                     save)

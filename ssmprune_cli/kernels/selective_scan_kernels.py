@@ -1,0 +1,341 @@
+"""Triton kernels for the Mamba-1 selective scan, forward and backward (docs/kernels.md explains the design).
+
+One program owns one batch row and BE channels and walks the sequence step by step; the state (NP, BE) stays in
+registers. Each thread holds a 4 (state) x k (channel) block of it: the layout Triton derives from the 2-D load of
+A, which keeps both the sum over states (y, the input gradient) and the sum over channels (dB, dC) mostly inside a
+thread. Per-token inputs are read as coalesced (BE, chunk) tiles and split into per-step columns in registers.
+
+The forward saves the state every 4 steps when a backward will follow; the backward walks 4-step chunks in reverse,
+recomputes each chunk from its saved state (one exp per element, kept in registers) and runs the adjoint recurrence
+g_t = C_t dy_t + a_{t+1} g_{t+1} through it.
+
+Pointer conventions (all set up by selective_scan_fn.py):
+    u, delta, z, dout: (b, e, l), last dim contiguous; out, du, ddelta, dz: contiguous (b, e, l)
+    A2 = A * log2(e): (e, NP) fp32, zero-padded states (a padded state decays by 1 and receives nothing)
+    Bt, Ct = (B + B_bias), C as (b, Lp, NP) fp32, zero-padded in steps and states
+    hs: (b, Lp // 4, e, NP) fp32 states before each 4-step chunk
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# The interpreter (CPU tests) cannot run inline PTX; it gets the plain library calls instead.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+CHECKPOINT = 4  # steps between saved states; also the backward's chunk length
+
+LOG2E = 1.4426950408889634  # host side (A is pre-scaled so the kernels use exp2)
+_LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = tl.constexpr(LOG2E)
+
+
+@triton.jit
+def _ex2(x, FAST: tl.constexpr):
+    """2**x. On the GPU one MUFU.EX2; subnormal results flush to zero (a decay below 1e-38 is zero anyway)."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _rcp(x, FAST: tl.constexpr):
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
+    """softplus(x) (identity above 20, as torch) and its derivative sigmoid(x).
+
+    log1p(w), w = exp(-|x|) in (0, 1], is 2 atanh(s) with s = w / (2 + w) <= 1/3: an odd series accurate to
+    ~1e-8 after seven terms. It is exact for small w, where log(1 + w) would lose Vim's typical Δ ~ 1e-3,
+    and costs one reciprocal instead of a logarithm.
+    """
+    w = _ex2(-tl.abs(x) * _LOG2E, FAST)
+    r = _rcp(2.0 + w, FAST)
+    s = w * r
+    s2 = s * s
+    p = s2 * (1.0 / 13.0) + (1.0 / 11.0)
+    p = p * s2 + (1.0 / 9.0)
+    p = p * s2 + (1.0 / 7.0)
+    p = p * s2 + (1.0 / 5.0)
+    p = p * s2 + (1.0 / 3.0)
+    p = p * s2 + 1.0
+    sp = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + 2.0 * s * p)
+    # sigmoid(x) = 1 / (1 + w) for x >= 0, w / (1 + w) below; the forward never uses it and drops it
+    inv = _rcp(1.0 + w, FAST)
+    sig = tl.where(x >= 0.0, inv, w * inv)
+    return sp, tl.where(x > 20.0, 1.0, sig)
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr):
+    return _rcp(1.0 + _ex2(-x * _LOG2E, FAST), FAST)
+
+
+# ----------------------------------------------------------------------------------------------- tile columns
+# A (BE, 4) or (BE, 8) tile holds consecutive steps along its last axis; split/join move between the tile and its
+# per-step columns. Both need the step axis inside a thread, so Triton converts the tile once, in shared memory.
+@triton.jit
+def _cols4(x):
+    ev, od = tl.split(tl.reshape(x, (x.shape[0], 2, 2)))
+    c0, c2 = tl.split(ev)
+    c1, c3 = tl.split(od)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _join4(c0, c1, c2, c3):
+    return tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (c0.shape[0], 4))
+
+
+@triton.jit
+def _cols8(x):
+    ev, od = tl.split(tl.reshape(x, (x.shape[0], 4, 2)))
+    c0, c2, c4, c6 = _cols4(ev)
+    c1, c3, c5, c7 = _cols4(od)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _join8(c0, c1, c2, c3, c4, c5, c6, c7):
+    ev = _join4(c0, c2, c4, c6)
+    od = _join4(c1, c3, c5, c7)
+    return tl.reshape(tl.join(ev, od), (c0.shape[0], 8))
+
+
+# ----------------------------------------------------------------------------------------------- shared pieces
+@triton.jit
+def _delta_tiles(dl_ptrs, u_ptrs, gap_ptrs, bias, fill, mask, mask_t,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr):
+    """Per-token tiles: dt (input stream), dtd (decay stream), dt*u, u and softplus'(pre-activation)."""
+    x = tl.load(dl_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += bias[:, None]
+    if SOFTPLUS:
+        dt, dsp = _softplus(x, FAST)
+    else:
+        dt = x
+        dsp = tl.full(x.shape, 1.0, tl.float32)
+    uu = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GAP:
+        g = tl.load(gap_ptrs, mask=mask_t, other=0.0).to(tl.float32)
+        dtd = dt + g[None, :] * fill[:, None]
+    else:
+        dtd = dt
+    return dt, dtd, dt * uu, uu, dsp
+
+
+@triton.jit
+def _fwd_step(h, A2, dtd, dtu, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
+              PROBE: tl.constexpr):
+    """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
+    b = tl.load(Bt_ptr + t * NP + offs_n)
+    c = tl.load(Ct_ptr + t * NP + offs_n)
+    if PROBE:
+        # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
+        a = dtd[None, :] * A2 * 0.01 + 0.99
+    else:
+        a = _ex2(dtd[None, :] * A2, FAST)
+    h = a * h + dtu[None, :] * b[:, None]
+    return h, tl.sum(h * c[:, None], axis=0)
+
+
+# L is never specialised: a length divisible by 16 would change the tile loads' layout and cost a shared-memory
+# round trip per step instead of one per tile.
+@triton.jit(do_not_specialize=["L"])
+def _fwd_kernel(
+    # pointers
+    u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr, hs_ptr,
+    # sizes
+    L, E, Lp,
+    # strides, in elements
+    s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
+    # meta-parameters
+    BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, PROBE: tl.constexpr = 0,
+):
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    offs_n = tl.arange(0, NP)
+    me = offs_e < E
+    A2 = tl.load(A2_ptr + offs_e[None, :] * NP + offs_n[:, None], mask=me[None, :], other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    Bt_ptr += pid_b * Lp * NP
+    Ct_ptr += pid_b * Lp * NP
+    hs_ptr += pid_b * (Lp // 4) * E * NP
+    hs_offs = offs_e[None, :] * NP + offs_n[:, None]
+    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
+    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
+    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    out_row = out_ptr + pid_b * E * L + offs_e[:, None] * L
+    gap_row = gap_ptr + pid_b * s_gb
+
+    h = tl.zeros((NP, BE), dtype=tl.float32)
+    for t0 in range(0, L, 8):
+        tt = t0 + tl.arange(0, 8)
+        mt = tt < L
+        m2 = me[:, None] & mt[None, :]
+        dt, dtd, dtu, uu, _ = _delta_tiles(dl_row + tt[None, :], u_row + tt[None, :], gap_row + tt, bias, fill,
+                                           m2, mt, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _cols8(dtd)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
+        if SAVE:
+            tl.store(hs_ptr + (t0 // 4) * E * NP + hs_offs, h, mask=me[None, :])
+        h, y0 = _fwd_step(h, A2, d0, v0, Bt_ptr, Ct_ptr, t0 + 0, offs_n, NP, FAST, PROBE)
+        h, y1 = _fwd_step(h, A2, d1, v1, Bt_ptr, Ct_ptr, t0 + 1, offs_n, NP, FAST, PROBE)
+        h, y2 = _fwd_step(h, A2, d2, v2, Bt_ptr, Ct_ptr, t0 + 2, offs_n, NP, FAST, PROBE)
+        h, y3 = _fwd_step(h, A2, d3, v3, Bt_ptr, Ct_ptr, t0 + 3, offs_n, NP, FAST, PROBE)
+        if SAVE:
+            if t0 + 4 < L:
+                tl.store(hs_ptr + (t0 // 4 + 1) * E * NP + hs_offs, h, mask=me[None, :])
+        h, y4 = _fwd_step(h, A2, d4, v4, Bt_ptr, Ct_ptr, t0 + 4, offs_n, NP, FAST, PROBE)
+        h, y5 = _fwd_step(h, A2, d5, v5, Bt_ptr, Ct_ptr, t0 + 5, offs_n, NP, FAST, PROBE)
+        h, y6 = _fwd_step(h, A2, d6, v6, Bt_ptr, Ct_ptr, t0 + 6, offs_n, NP, FAST, PROBE)
+        h, y7 = _fwd_step(h, A2, d7, v7, Bt_ptr, Ct_ptr, t0 + 7, offs_n, NP, FAST, PROBE)
+        y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
+        if HAS_D:
+            y += Dv[:, None] * uu
+        if HAS_Z:
+            zz = tl.load(z_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+            y *= zz * _sigmoid(zz, FAST)
+        tl.store(out_row + tt[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _recompute_step(h, A2, dtd, dtu, dy, Bt_ptr, Ct_ptr, dC_ptr, t, offs_n, NP: tl.constexpr,
+                    HAS_Z: tl.constexpr, FAST: tl.constexpr):
+    """Forward step again from the saved state; adds this program's part of dC_t = sum_e dy h_t."""
+    b = tl.load(Bt_ptr + t * NP + offs_n)
+    a = _ex2(dtd[None, :] * A2, FAST)
+    ah = a * h
+    h = ah + dtu[None, :] * b[:, None]
+    tl.atomic_add(dC_ptr + t * NP + offs_n, tl.sum(h * dy[None, :], axis=1), sem="relaxed")
+    if HAS_Z:
+        c = tl.load(Ct_ptr + t * NP + offs_n)
+        y = tl.sum(h * c[:, None], axis=0)
+    else:
+        y = dtd  # unused
+    return h, a, ah, y
+
+
+@triton.jit
+def _adjoint_step(w, A2, a, ah, dtd, dtu, dy, dA, Ct_ptr, Bt_ptr, dB_ptr, t, offs_n, NP: tl.constexpr):
+    """One reverse step. w carries a_{t+1} g_{t+1}; returns the next carry, sum_n g B, sum_n r A2 and dA."""
+    b = tl.load(Bt_ptr + t * NP + offs_n)
+    c = tl.load(Ct_ptr + t * NP + offs_n)
+    g = w + c[:, None] * dy[None, :]                       # dL/dh_t
+    tl.atomic_add(dB_ptr + t * NP + offs_n, tl.sum(g * dtu[None, :], axis=1), sem="relaxed")
+    s = tl.sum(g * b[:, None], axis=0)                     # -> du (x dt) and the input-stream dΔ (x u)
+    r = g * ah                                             # dL/d(log decay) per state
+    q = tl.sum(r * A2, axis=0)                             # x ln2 -> decay-stream dΔ
+    dA += r * dtd[None, :]
+    return a * g, s, q, dA
+
+
+@triton.jit(do_not_specialize=["L"])
+def _bwd_kernel(
+    # pointers
+    u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, hs_ptr, dout_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dfill_ptr,
+    # sizes
+    L, E, Lp,
+    # strides, in elements
+    s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb, s_ob, s_oe,
+    # meta-parameters
+    BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr,
+):
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    offs_n = tl.arange(0, NP)
+    me = offs_e < E
+    A2 = tl.load(A2_ptr + offs_e[None, :] * NP + offs_n[:, None], mask=me[None, :], other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    Bt_ptr += pid_b * Lp * NP
+    Ct_ptr += pid_b * Lp * NP
+    dB_ptr += pid_b * Lp * NP
+    dC_ptr += pid_b * Lp * NP
+    hs_ptr += pid_b * (Lp // 4) * E * NP
+    hs_offs = offs_e[None, :] * NP + offs_n[:, None]
+    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
+    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
+    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    do_row = dout_ptr + pid_b * s_ob + offs_e[:, None] * s_oe
+    g_off = pid_b * E * L + offs_e[:, None] * L
+    gap_row = gap_ptr + pid_b * s_gb
+
+    w = tl.zeros((NP, BE), dtype=tl.float32)
+    dA = tl.zeros((NP, BE), dtype=tl.float32)
+    accD = tl.zeros((BE,), dtype=tl.float32)
+    accB = tl.zeros((BE,), dtype=tl.float32)
+    accF = tl.zeros((BE,), dtype=tl.float32)
+    n_chunks = (L + 3) // 4
+    for k in range(0, n_chunks):
+        t0 = (n_chunks - 1 - k) * 4
+        tt = t0 + tl.arange(0, 4)
+        mt = tt < L
+        m2 = me[:, None] & mt[None, :]
+        dt, dtd, dtu, uu, dsp = _delta_tiles(dl_row + tt[None, :], u_row + tt[None, :], gap_row + tt, bias,
+                                             fill, m2, mt, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        do = tl.load(do_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+            sz = _sigmoid(zz, FAST)
+            dy = do * zz * sz
+        else:
+            dy = do
+        d0, d1, d2, d3 = _cols4(dtd)
+        v0, v1, v2, v3 = _cols4(dtu)
+        y0, y1, y2, y3 = _cols4(dy)
+        h = tl.load(hs_ptr + (t0 // 4) * E * NP + hs_offs, mask=me[None, :], other=0.0)
+        h, a0, ah0, p0 = _recompute_step(h, A2, d0, v0, y0, Bt_ptr, Ct_ptr, dC_ptr, t0 + 0, offs_n, NP, HAS_Z, FAST)
+        h, a1, ah1, p1 = _recompute_step(h, A2, d1, v1, y1, Bt_ptr, Ct_ptr, dC_ptr, t0 + 1, offs_n, NP, HAS_Z, FAST)
+        h, a2, ah2, p2 = _recompute_step(h, A2, d2, v2, y2, Bt_ptr, Ct_ptr, dC_ptr, t0 + 2, offs_n, NP, HAS_Z, FAST)
+        h, a3, ah3, p3 = _recompute_step(h, A2, d3, v3, y3, Bt_ptr, Ct_ptr, dC_ptr, t0 + 3, offs_n, NP, HAS_Z, FAST)
+        if HAS_Z:
+            # out = y silu(z): dz = dout y sigmoid(z) (1 + z (1 - sigmoid(z)))
+            yv = _join4(p0, p1, p2, p3)
+            if HAS_D:
+                yv += Dv[:, None] * uu
+            dz = do * yv * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + g_off + tt[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
+        w, s3, q3, dA = _adjoint_step(w, A2, a3, ah3, d3, v3, y3, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 3, offs_n, NP)
+        w, s2, q2, dA = _adjoint_step(w, A2, a2, ah2, d2, v2, y2, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 2, offs_n, NP)
+        w, s1, q1, dA = _adjoint_step(w, A2, a1, ah1, d1, v1, y1, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 1, offs_n, NP)
+        w, s0, q0, dA = _adjoint_step(w, A2, a0, ah0, d0, v0, y0, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 0, offs_n, NP)
+        s = _join4(s0, s1, s2, s3)
+        q = _join4(q0, q1, q2, q3) * _LN2                   # dL/d(decay-stream Δ)
+        du = dt * s
+        if HAS_D:
+            du += Dv[:, None] * dy
+            accD += tl.sum(dy * uu, axis=1)
+        ddl = (uu * s + q) * dsp
+        tl.store(du_ptr + g_off + tt[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddl_ptr + g_off + tt[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
+        if HAS_BIAS:
+            accB += tl.sum(tl.where(m2, ddl, 0.0), axis=1)
+        if HAS_GAP:
+            gp = tl.load(gap_row + tt, mask=mt, other=0.0).to(tl.float32)
+            accF += tl.sum(q * gp[None, :], axis=1)
+    tl.atomic_add(dA_ptr + hs_offs, dA, mask=me[None, :], sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_e, accD, mask=me, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_e, accB, mask=me, sem="relaxed")
+    if HAS_GAP:
+        tl.atomic_add(dfill_ptr + offs_e, accF, mask=me, sem="relaxed")

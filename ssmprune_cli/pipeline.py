@@ -1,0 +1,300 @@
+"""The jobs behind the commands, in the data's direction: checkpoint → model → scores → plan → pruned model →
+files and report. The CLI parses options into these requests and renders what comes back."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+import ssmprune_cli
+from ssmprune_cli.data.images import ImageSet, find_images, iter_batches, model_input_spec
+from ssmprune_cli.errors import BadInputError, DataError, RecipeError
+from ssmprune_cli.io.atomic import check_not_input
+from ssmprune_cli.io.load import load_checkpoint
+from ssmprune_cli.io.safetensors_io import save_model
+from ssmprune_cli.pruning import recipe as recipes
+from ssmprune_cli.pruning.calibrate import measure_delta_hat
+from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, dense_macs, is_two_d, keep_from_rates,
+                                       resolve_fills, schedule_macs, solve_ratio, tokens_per_block,
+                                       validate_points)
+from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.progress import progress_bar
+from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BadInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda was asked for but no CUDA GPU is available")
+    return dev
+
+
+@dataclass
+class PruneRequest:
+    checkpoint: Path
+    out: Path
+    ratio: Optional[float] = None
+    keep: Optional[List[float]] = None
+    at: Optional[List[str]] = None
+    recipe: Optional[Path] = None
+    calib: Optional[Path] = None
+    calib_images: Optional[int] = None
+    batch_size: Optional[int] = None
+    score: Optional[str] = None
+    align: Optional[str] = None
+    conv_fill: Optional[str] = None
+    delta_fill: Optional[str] = None
+    split: Optional[str] = None
+    auto: bool = False
+    seed: Optional[int] = None
+    force: bool = False
+    device: Optional[str] = None
+    load_options: Dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def _overrides(req: PruneRequest) -> Dict[str, Any]:
+    prune = {"ratio": req.ratio, "keep": req.keep, "at": req.at, "score": req.score, "align": req.align,
+             "conv_fill": req.conv_fill, "delta_fill": req.delta_fill, "split": req.split}
+    return {"seed": req.seed, "prune": {k: v for k, v in prune.items() if v is not None},
+            "calib": {k: v for k, v in {"images": req.calib_images, "batch_size": req.batch_size}.items()
+                      if v is not None},
+            "auto": {"enabled": True} if req.auto else {}}
+
+
+def resolve_recipe(loaded, req: PruneRequest) -> Dict[str, Any]:
+    recipe = recipes.resolve(loaded.variant, loaded.family, req.recipe, _overrides(req))
+    prune = recipe["prune"]
+    if req.keep is not None and req.ratio is not None:
+        raise RecipeError("give either --ratio or --keep, not both")
+    if req.keep is not None:
+        prune.pop("ratio", None)  # an explicit schedule on the command line wins over a recipe's target
+    if req.ratio is not None:
+        prune.pop("keep", None)
+    if req.at is not None:
+        prune.pop("at_fraction", None)
+    return recipe
+
+
+def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> List[PrunePoint]:
+    sites = recipes.resolve_sites(model, prune)
+    if not sites:
+        raise RecipeError("no prune points: give --at (or `prune.at` / `prune.at_fraction` in a recipe)")
+    if prune.get("ratio") is not None:
+        return solve_ratio(model, sites, float(prune["ratio"]), split or prune.get("split", "uniform"))
+    keep = prune.get("keep")
+    if not keep:
+        raise RecipeError("no schedule: give --ratio R or --keep (rates or token counts) for the prune points")
+    if len(keep) != len(sites):
+        raise RecipeError(f"{len(keep)} keep values for {len(sites)} prune points ({', '.join(sites)})")
+    values = [float(k) for k in keep]
+    if all(v <= 1.0 for v in values):
+        points = keep_from_rates(model, sites, values)
+    elif all(v > 1.0 and v == int(v) for v in values):
+        points = [PrunePoint(s, int(v)) for s, v in zip(sites, values)]
+    else:
+        raise RecipeError("keep values are either all rates in (0, 1] or all token counts (integers > 1)")
+    validate_points(model, points)
+    return points
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _calibration_sets(model, calib_dir, n: int, holdout: int, seed: int):
+    images = find_images(calib_dir, limit=n + holdout, seed=seed)
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)
+    hold_n = min(holdout, max(0, len(order) - 1)) if holdout else 0
+    hold_idx, cal_idx = sorted(order[:hold_n]), sorted(order[hold_n:])
+    sub = lambda idx: ImageSet([images.paths[i] for i in idx], [images.labels[i] for i in idx],  # noqa: E731
+                               images.classes)
+    return sub(cal_idx), sub(hold_idx)
+
+
+def _batches(model, images: ImageSet, batch_size: int, device, dtype):
+    size, mean, std = model_input_spec(model)
+    for x, _ in iter_batches(images, batch_size, size, mean, std, device=device, dtype=dtype):
+        yield x
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dtype, what: str) -> torch.Tensor:
+    preds = []
+    with progress_bar(what, len(images)) as advance:
+        for x in _batches(model, images, batch_size, device, dtype):
+            preds.append(model(x).argmax(dim=-1).cpu())
+            advance(x.shape[0])
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------ prune
+def run_prune(req: PruneRequest) -> Dict[str, Any]:
+    out = Path(req.out)
+    if out.exists() and not req.force:
+        raise BadInputError(f"output folder {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"output path {out} exists and is not a folder")
+    check_not_input(out, [req.checkpoint])
+    if Path(req.checkpoint).resolve().is_relative_to(out.resolve()):
+        raise BadInputError(f"the checkpoint {req.checkpoint} lies inside the output folder {out}; "
+                            "choose another output folder")
+    device = pick_device(req.device)
+    loaded = load_checkpoint(req.checkpoint, **req.load_options)
+    model = loaded.model.to(device).eval()
+    if isinstance(model, PrunedModel):
+        raise BadInputError(f"{req.checkpoint} is already pruned; prune the dense checkpoint instead")
+    recipe = resolve_recipe(loaded, req)
+    prune, calib, auto = recipe["prune"], recipe["calib"], recipe["auto"]
+    seed = int(recipe.get("seed", 0))
+    torch.manual_seed(seed)
+    points = make_points(model, prune)
+    conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
+    if prune["score"] not in ("clip", "l1", "l2", "noclip", "random"):
+        raise RecipeError(f"unknown score {prune['score']!r}; choose clip, l1, l2, noclip or random")
+    dtype = next(model.parameters()).dtype
+    needs_data = delta_fill == "calib" or auto.get("enabled")
+    cal_set = hold_set = None
+    delta_hat = None
+    if needs_data:
+        if req.calib is None:
+            why = "--auto" if auto.get("enabled") else "delta_fill 'calib' (the default)"
+            raise DataError(f"{why} needs calibration images: pass --calib DIR, or --delta-fill bias to prune "
+                            "without data")
+        cal_set, hold_set = _calibration_sets(model, req.calib, int(calib["images"]),
+                                              int(calib["holdout"]) if auto.get("enabled") else 0, seed)
+        bs = int(calib["batch_size"])
+        with progress_bar("calibrating Δ", len(cal_set)) as advance:
+            delta_hat = measure_delta_hat(model, _batches(model, cal_set, bs, device, dtype), advance)
+    spec = PruningSpec(points, score=prune["score"], align=prune["align"], conv_fill=conv_fill,
+                       delta_fill=delta_fill, seed=seed)
+    auto_result = None
+    if auto.get("enabled"):
+        spec, auto_result = choose_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
+                                          dtype, delta_hat)
+    pruned = PrunedModel(model, spec)
+    if delta_hat is not None and spec.delta_fill == "calib":
+        pruned.set_delta_hat(delta_hat)
+    if spec.delta_fill != "calib":
+        for m in model.mixers():
+            m.delta_hat = None  # only 'calib' stores Δ̂ in the checkpoint
+    agreement = None
+    if hold_set is not None and len(hold_set):
+        dense_pred = predictions(model, hold_set, int(calib["batch_size"]), device, dtype, "dense predictions")
+        pruned_pred = predictions(pruned, hold_set, int(calib["batch_size"]), device, dtype, "pruned predictions")
+        agreement = float((dense_pred == pruned_pred).float().mean())
+    report = build_prune_report(loaded, model, spec, recipe, calib_images=len(cal_set) if cal_set else 0,
+                                holdout_images=len(hold_set) if hold_set else 0, agreement=agreement,
+                                auto=auto_result)
+    write_outputs(out, req, loaded, pruned, spec, recipe, report)
+    return report
+
+
+def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):
+    """--auto: pick conv_fill, delta_fill and the keep-rate split by top-1 agreement with the dense model on
+    held-out calibration images (no labels). Every candidate has the same FLOPs budget."""
+    if hold_set is None or not len(hold_set):
+        raise DataError("--auto needs held-out calibration images (calib.holdout > 0 and enough images)")
+    dense_pred = predictions(model, hold_set, batch_size, device, dtype, "dense predictions")
+    two_d = is_two_d(model)
+    splits = list(auto["split"]) if prune.get("ratio") is not None else [prune.get("split", "uniform")]
+    candidates = []
+    for cf in auto["conv_fill"]:
+        if cf == "packed" and two_d:
+            continue
+        for df in auto["delta_fill"]:
+            for split in splits:
+                points = make_points(model, prune, split) if prune.get("ratio") is not None else spec.points
+                cand = PruningSpec(points, spec.score, spec.align, cf, df, spec.seed)
+                pm = PrunedModel(model, cand)
+                if df == "calib" and delta_hat is not None:
+                    pm.set_delta_hat(delta_hat)
+                try:
+                    pred = predictions(pm, hold_set, batch_size, device, dtype, f"candidate {cf}/{df}/{split}")
+                finally:
+                    pm.detach()
+                candidates.append({"conv_fill": cf, "delta_fill": df, "split": split,
+                                   "keep": [p.keep for p in points],
+                                   "macs": schedule_macs(model, points),
+                                   "agreement": float((pred == dense_pred).float().mean())})
+    best = max(candidates, key=lambda c: c["agreement"])  # first of equals: the defaults come first
+    keep = {p.site: k for p, k in zip(spec.points, best["keep"])}
+    chosen = PruningSpec([PrunePoint(s, keep[s]) for s in keep], spec.score, spec.align, best["conv_fill"],
+                         best["delta_fill"], spec.seed, extra={"split": best["split"]})
+    return chosen, {"holdout_images": len(hold_set), "candidates": candidates, "chosen": best}
+
+
+def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
+                  recipe: Dict[str, Any], report: Dict[str, Any]) -> None:
+    """Everything goes to a temporary folder beside OUT, then one rename: no partial output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        save_model(pruned.model, tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
+                   pruning=spec.to_dict(), protect=[req.checkpoint])
+        resolved = dict(recipe)
+        resolved["prune"] = dict(recipe["prune"], conv_fill=spec.conv_fill, delta_fill=spec.delta_fill,
+                                 at=[p.site for p in spec.points], keep=[p.keep for p in spec.points])
+        resolved["prune"].pop("at_fraction", None)
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.md").write_text(render_prune_markdown(report))
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@dataclass
+class EvalRequest:
+    model: Path
+    val: Path
+    baseline: Optional[Path] = None
+    limit: Optional[int] = None
+    batch_size: int = 64
+    device: Optional[str] = None
+    seed: int = 0
+    load_options: Dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def run_eval(req: EvalRequest) -> Dict[str, Any]:
+    device = pick_device(req.device)
+    model = load_checkpoint(req.model, **req.load_options).model.to(device).eval()
+    images = find_images(req.val, limit=req.limit, seed=req.seed)
+    labelled = all(lbl >= 0 for lbl in images.labels)
+    dtype = next(model.parameters()).dtype
+    pred = predictions(model, images, req.batch_size, device, dtype, "evaluating")
+    result: Dict[str, Any] = {"model": str(req.model), "images": len(images)}
+    labels = torch.tensor(images.labels)
+    if labelled:
+        result["top1"] = float((pred == labels).float().mean()) * 100
+    if req.baseline is not None:
+        base = load_checkpoint(req.baseline, **req.load_options).model.to(device).eval()
+        base_pred = predictions(base, images, req.batch_size, device, dtype, "evaluating baseline")
+        result["baseline"] = str(req.baseline)
+        result["agreement"] = float((pred == base_pred).float().mean()) * 100
+        if labelled:
+            result["baseline_top1"] = float((base_pred == labels).float().mean()) * 100
+            result["acc_drop"] = result["baseline_top1"] - result["top1"]
+    return result

@@ -1,0 +1,136 @@
+"""Recipes: YAML as data, validated field by field; CLI flags override; the resolved recipe is written out.
+
+Lookup: `recipes/<variant>.yaml` when the checkpoint matches a published variant, else `recipes/<family>.yaml`.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from ssmprune_cli.errors import RecipeError
+
+SCHEMA: Dict[str, Any] = {
+    "model": str,
+    "note": str,
+    "seed": int,
+    "prune": {
+        "at": list,
+        "at_fraction": list,
+        "stage": int,
+        "keep": list,
+        "ratio": float,
+        "split": str,
+        "score": str,
+        "align": str,
+        "conv_fill": str,
+        "delta_fill": str,
+    },
+    "calib": {"images": int, "batch_size": int, "holdout": int},
+    "auto": {"enabled": bool, "conv_fill": list, "delta_fill": list, "split": list},
+}
+
+DEFAULTS: Dict[str, Any] = {
+    "seed": 0,
+    "prune": {"split": "uniform", "score": "clip", "align": "aligned"},
+    "calib": {"images": 256, "batch_size": 32, "holdout": 128},
+    "auto": {"enabled": False, "conv_fill": ["hold", "zero", "packed"], "delta_fill": ["calib", "bias", "zero"],
+             "split": ["uniform", "early", "late"]},
+}
+
+
+def validate(recipe: Any, source: str = "recipe") -> Dict[str, Any]:
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{source}: expected a mapping at the top level")
+    _check(recipe, SCHEMA, source, "")
+    return recipe
+
+
+def _check(node: Dict[str, Any], schema: Dict[str, Any], source: str, path: str) -> None:
+    for key, value in node.items():
+        where = f"{path}{key}"
+        if key not in schema:
+            raise RecipeError(f"{source}: unknown field '{where}' (known: {', '.join(sorted(schema))})")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{source}: '{where}' must be a mapping")
+            _check(value, expected, source, where + ".")
+        elif value is not None:
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise RecipeError(f"{source}: '{where}' must be {expected.__name__}, got {value!r}")
+
+
+def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        elif v is not None:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_recipe(path) -> Dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return validate(data, str(p))
+
+
+def builtin_recipe(variant: Optional[str], family: str) -> Dict[str, Any]:
+    root = resources.files("ssmprune_cli") / "recipes"
+    for name in ([variant] if variant else []) + [family]:
+        f = root / f"{name}.yaml"
+        if f.is_file():
+            return validate(yaml.safe_load(f.read_text()), f"recipes/{name}.yaml")
+    return {}
+
+
+def list_builtin() -> List[str]:
+    root = resources.files("ssmprune_cli") / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(variant: Optional[str], family: str, user_file=None, overrides: Optional[Dict[str, Any]] = None
+            ) -> Dict[str, Any]:
+    """Defaults ← built-in recipe ← user recipe file ← CLI overrides."""
+    recipe = merge(DEFAULTS, builtin_recipe(variant, family))
+    if user_file is not None:
+        recipe = merge(recipe, read_recipe(user_file))
+    if overrides:
+        recipe = merge(recipe, validate(overrides, "command-line options"))
+    return recipe
+
+
+def resolve_sites(model, prune: Dict[str, Any]) -> List[str]:
+    """Prune sites from `at` (names) or `at_fraction` (fractions of the stage's blocks)."""
+    if prune.get("at"):
+        return [str(s) for s in prune["at"]]
+    fractions = prune.get("at_fraction") or []
+    sites = model.prune_sites()
+    if prune.get("stage") is not None:
+        sites = [s for s in sites if s.split(".")[0] == str(prune["stage"])]
+    if not sites:
+        raise RecipeError(f"recipe stage {prune.get('stage')} has no prune points in this model")
+    out = []
+    for f in fractions:
+        if not (0.0 < float(f) < 1.0):
+            raise RecipeError(f"at_fraction entries must be in (0, 1), got {f}")
+        out.append(sites[max(0, min(len(sites) - 2, round(float(f) * len(sites)) - 1))])
+    return list(dict.fromkeys(out))

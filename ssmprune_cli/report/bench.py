@@ -1,0 +1,427 @@
+"""`ssmprune bench`: latency and throughput of a model beside its baseline, measured in one run, with FLOPs.
+
+How time is taken (docs/reports.md):
+- warm-up calls first (and `torch.compile`'s compilation, when asked), then `repeats` timed samples per model;
+- dense and pruned alternate sample by sample (A B, B A, ...) so clock boosts and thermal drift hit both alike;
+- a sample times enough back-to-back calls to last `min_sample_s`, with CUDA events on the GPU (synchronised
+  before and after) and `time.perf_counter` on the CPU; it is reported per call;
+- medians and the interquartile range of the samples; throughput = batch / median time per call.
+bf16 means autocast (weights stay float32), as in training and in the published throughput numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ssmprune_cli.errors import BadInputError, QualityGateError
+
+from .env import environment
+from .flops import block_module_names, core_and_points, count_flops, example_input
+from .progress import progress_bar
+
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class BenchSettings:
+    device: Optional[str] = None      # None / "auto": CUDA when available
+    dtype: str = "fp32"               # fp32 | bf16 (autocast)
+    batch: int = 128                  # throughput batch
+    latency_batch: int = 1
+    warmup: int = 10                  # calls per model and batch size before timing
+    repeats: int = 20                 # timed samples per model and batch size
+    min_sample_s: float = 0.05        # a sample repeats the call until it lasts this long
+    compile: bool = False
+    stages: bool = False              # also time each block and list the ops that take the time
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.dtype not in DTYPES:
+            raise BadInputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("batch", "latency_batch", "repeats"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.warmup < 0:
+            raise BadInputError("--warmup must be 0 or more")
+
+
+# ------------------------------------------------------------------------------------------------ timing
+@dataclass
+class Timing:
+    """Seconds per call, one value per timed sample."""
+
+    batch: int
+    seconds: List[float]
+    calls_per_sample: int = 1
+
+    def quartiles(self) -> Tuple[float, float, float]:
+        s = sorted(self.seconds)
+        if len(s) == 1:
+            return s[0], s[0], s[0]
+        q1, q2, q3 = statistics.quantiles(s, n=4, method="inclusive")
+        return q1, q2, q3
+
+    @property
+    def median(self) -> float:
+        return self.quartiles()[1]
+
+    def to_dict(self) -> Dict[str, Any]:
+        q1, q2, q3 = self.quartiles()
+        return {"batch": self.batch, "median_ms": q2 * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
+                "iqr_ms": (q3 - q1) * 1e3, "images_per_s": self.batch / q2, "samples": len(self.seconds),
+                "calls_per_sample": self.calls_per_sample}
+
+
+def autocast(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], calls: int, device: torch.device) -> float:
+    """Seconds per call of `calls` back-to-back calls (CUDA events on the GPU, synchronised)."""
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def time_interleaved(models: Dict[str, nn.Module], x: Tensor, settings: BenchSettings, device: torch.device,
+                     what: str = "timing") -> Tuple[Dict[str, Timing], Dict[str, Optional[int]]]:
+    """Warm up every model, then alternate their timed samples. Returns timings and peak CUDA memory (bytes)."""
+    names = list(models)
+    calls: Dict[str, int] = {}
+    peak: Dict[str, Optional[int]] = {}
+    with torch.inference_mode(), autocast(device, settings.dtype):
+        for name in names:
+            run = _runner(models[name], x)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(max(settings.warmup, 1)):
+                run()
+            per_call = time_calls(run, 1, device)
+            peak[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            calls[name] = max(1, math.ceil(settings.min_sample_s / max(per_call, 1e-9)))
+        samples: Dict[str, List[float]] = {n: [] for n in names}
+        with progress_bar(what, settings.repeats * len(names)) as advance:
+            for r in range(settings.repeats):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    samples[name].append(time_calls(_runner(models[name], x), calls[name], device))
+                    advance(1)
+    return {n: Timing(x.shape[0], samples[n], calls[n]) for n in names}, peak
+
+
+def _runner(model: nn.Module, x: Tensor) -> Callable[[], Any]:
+    return lambda: model(x)
+
+
+# ------------------------------------------------------------------------------------------------ where the time goes
+def stage_times(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.device, calls: int = 5
+                ) -> List[Dict[str, Any]]:
+    """Milliseconds per call spent in each block (forward hooks with CUDA events), plus the rest: stem, prune
+    points' scoring and selection, head. Run on the uncompiled model."""
+    core, points, prefix = core_and_points(model)
+    modules = dict(model.named_modules())
+    names = block_module_names(core, prefix)
+    marks: Dict[str, List[Tuple[Any, Any]]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        handles.append(modules[n].register_forward_pre_hook(_mark(marks[n], 0, device)))
+        handles.append(modules[n].register_forward_hook(_mark(marks[n], 1, device)))
+    totals = []
+    try:
+        with torch.inference_mode(), autocast(device, settings.dtype):
+            for _ in range(2):
+                model(x)  # warm-up with the hooks in place
+            for m in marks.values():
+                m.clear()
+            for _ in range(calls):
+                totals.append(time_calls(_runner(model, x), 1, device))
+    finally:
+        for h in handles:
+            h.remove()
+    _sync(device)
+    from ssmprune_cli.pruning.plan import tokens_per_block
+
+    tokens = tokens_per_block(core, points)
+    rows = []
+    for i, n in enumerate(names):
+        ms = sum(_elapsed(a, b) for a, b in marks[n]) / calls * 1e3
+        rows.append({"block": i + 1, "module": n[len(prefix):], "tokens": tokens[i], "ms": ms})
+    total_ms = statistics.median(totals) * 1e3
+    rows.append({"block": None, "module": "outside blocks (stem, prune points, head)", "tokens": None,
+                 "ms": max(total_ms - sum(r["ms"] for r in rows), 0.0)})
+    return rows
+
+
+def _mark(store: List[Tuple[Any, Any]], which: int, device: torch.device):
+    def hook(module, *args):
+        if device.type == "cuda":
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+        else:
+            ev = time.perf_counter()
+        if which == 0:
+            store.append((ev, None))
+        else:
+            store[-1] = (store[-1][0], ev)
+    return hook
+
+
+def _elapsed(a, b) -> float:
+    return a.elapsed_time(b) / 1e3 if hasattr(a, "elapsed_time") else b - a
+
+
+CATEGORIES = (("scan", ("scan",)), ("matmul", ("mm", "gemm", "matmul", "linear", "addmm", "bmm")),
+              ("conv", ("conv", "cudnn")),
+              ("pruning / index", ("gather", "scatter", "index", "topk", "sort", "cdist", "cummax", "cummin",
+                                   "argmin", "where", "masked")),
+              ("norm", ("norm",)))
+
+
+def op_breakdown(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.device, calls: int = 3,
+                 top: int = 12) -> Dict[str, Any]:
+    """Self time per op (torch.profiler; device time on the GPU), per call, grouped into categories."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode(), autocast(device, settings.dtype):
+        model(x)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(calls):
+                model(x)
+            _sync(device)
+    rows = []
+    for ev in prof.key_averages():
+        t = _self_time(ev, device)
+        if t > 0:
+            rows.append({"op": ev.key, "ms": t / 1e3 / calls, "count": ev.count // calls})
+    rows.sort(key=lambda r: -r["ms"])
+    total = sum(r["ms"] for r in rows) or 1.0
+    cats: Dict[str, float] = {}
+    for r in rows:
+        cats[_category(r["op"])] = cats.get(_category(r["op"]), 0.0) + r["ms"]
+    return {"timer": "device self time" if device.type == "cuda" else "CPU self time",
+            "total_ms": total, "categories": {k: {"ms": v, "share": v / total} for k, v in
+                                              sorted(cats.items(), key=lambda kv: -kv[1])},
+            "top_ops": [dict(r, share=r["ms"] / total) for r in rows[:top]]}
+
+
+def _self_time(ev, device: torch.device) -> float:
+    """Microseconds of self time (attribute names differ between torch versions)."""
+    if device.type == "cuda":
+        for name in ("self_device_time_total", "self_cuda_time_total"):
+            if hasattr(ev, name):
+                return float(getattr(ev, name))
+        return 0.0
+    return float(ev.self_cpu_time_total)
+
+
+def _category(op: str) -> str:
+    low = op.lower()
+    for name, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return name
+    return "elementwise / other"
+
+
+# ------------------------------------------------------------------------------------------------ one run
+@dataclass
+class BenchRequest:
+    model: Path
+    baseline: Optional[Path] = None
+    settings: BenchSettings = field(default_factory=BenchSettings)
+    val: Optional[Path] = None
+    val_limit: Optional[int] = None
+    val_batch: int = 64
+    load_options: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_pair(req: BenchRequest) -> Tuple[nn.Module, Optional[nn.Module], Dict[str, str]]:
+    """(model, baseline or None, labels). A pruned file with no --baseline is measured against its own dense
+    model (the same weights without the pruning spec)."""
+    from ssmprune_cli.io.load import load_checkpoint
+
+    loaded = load_checkpoint(req.model, **req.load_options)
+    labels = {"model": str(req.model)}
+    if req.baseline is not None:
+        labels["baseline"] = str(req.baseline)
+        return loaded.model, load_checkpoint(req.baseline, **req.load_options).model, labels
+    if loaded.pruning is not None:
+        dense = load_checkpoint(req.model, **req.load_options).model.detach()  # hooks removed: plain dense
+        labels["baseline"] = f"{req.model} (dense, pruning removed)"
+        return loaded.model, dense, labels
+    return loaded.model, None, labels
+
+
+def run_bench(req: BenchRequest) -> Dict[str, Any]:
+    from ssmprune_cli.pipeline import pick_device
+
+    req.settings.check()
+    device = pick_device(req.settings.device)
+    model, baseline, labels = load_pair(req)
+    models = {"model": model}
+    if baseline is not None:
+        models["baseline"] = baseline
+    return bench_models(models, req.settings, device, labels, req.val, req.val_limit, req.val_batch)
+
+
+def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: torch.device,
+                 labels: Optional[Dict[str, str]] = None, val: Optional[Path] = None,
+                 val_limit: Optional[int] = None, val_batch: int = 64) -> Dict[str, Any]:
+    """Measure `models` ({"model": ..., "baseline": ...}) side by side: FLOPs, parameters, batch-1 latency,
+    large-batch throughput, optional top-1, optional per-stage timing; ratios of model against baseline."""
+    settings.check()
+    torch.manual_seed(settings.seed)
+    labels = labels or {}
+    eager = {n: m.to(device).eval() for n, m in models.items()}
+    result: Dict[str, Any] = {"environment": environment(device, settings.dtype, settings.compile),
+                              "settings": asdict(settings), "models": {}}
+    for name, m in eager.items():
+        fc = count_flops(m, seed=settings.seed)
+        result["models"][name] = {
+            "source": labels.get(name, name), "params": sum(p.numel() for p in m.parameters()),
+            "flops": {"convention": fc.convention, "gmacs": fc.gmacs, "analytic_gmacs": fc.analytic_macs / 1e9,
+                      "unsupported_ops": fc.unsupported},
+            "tokens_per_block": [b["tokens"] for b in fc.blocks],
+        }
+    run = {n: _compiled(m, settings.compile) for n, m in eager.items()}
+    ref = next(iter(eager.values()))
+    for key, batch in (("latency", settings.latency_batch), ("throughput", settings.batch)):
+        x = example_input(ref, batch, settings.seed).to(device)
+        timings, peak = _time_or_explain(run, x, settings, device, f"{key} (batch {batch})")
+        for n, t in timings.items():
+            result["models"][n][key] = t.to_dict()
+            if peak[n] is not None:
+                result["models"][n][key]["peak_memory_mib"] = peak[n] / 2**20
+    if val is not None:
+        _accuracy(eager, result, val, val_limit, val_batch, device, settings)
+    if settings.stages:
+        x = example_input(ref, settings.batch, settings.seed).to(device)
+        for n, m in eager.items():
+            result["models"][n]["stages"] = stage_times(m, x, settings, device)
+            result["models"][n]["ops"] = op_breakdown(m, x, settings, device)
+    if "baseline" in result["models"]:
+        result["comparison"] = compare(result["models"]["model"], result["models"]["baseline"])
+    return result
+
+
+def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
+    return torch.compile(model) if compile_ else model
+
+
+def _time_or_explain(run, x, settings, device, what):
+    if not settings.compile:
+        return time_interleaved(run, x, settings, device, what)
+    try:
+        return time_interleaved(run, x, settings, device, what)
+    except Exception as exc:  # compilation errors surface at the first call, with many possible types
+        raise BadInputError(f"--compile failed for this model ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}); run without --compile") from None
+
+
+def compare(m: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """Model against baseline. ideal_speedup = baseline FLOPs / model FLOPs = 1 / (1 - reduction);
+    efficiency = measured throughput speedup / ideal speedup."""
+    ratio = m["flops"]["gmacs"] / b["flops"]["gmacs"]
+    out = {"flops_ratio": ratio, "flops_reduction": 1.0 - ratio, "ideal_speedup": 1.0 / ratio,
+           "latency_speedup": b["latency"]["median_ms"] / m["latency"]["median_ms"],
+           "throughput_speedup": m["throughput"]["images_per_s"] / b["throughput"]["images_per_s"]}
+    out["efficiency"] = out["throughput_speedup"] / out["ideal_speedup"]
+    if m.get("top1") is not None and b.get("top1") is not None:
+        out["acc_drop"] = b["top1"] - m["top1"]
+    if m.get("predictions_agree") is not None:
+        out["agreement"] = m["predictions_agree"]
+    return out
+
+
+def _accuracy(models, result, val, limit, batch_size, device, settings) -> None:
+    from ssmprune_cli.data.images import find_images
+    from ssmprune_cli.pipeline import predictions
+
+    images = find_images(val, limit=limit)
+    labels = torch.tensor(images.labels)
+    labelled = bool(len(images)) and all(lbl >= 0 for lbl in images.labels)
+    preds = {}
+    for name, m in models.items():
+        dtype = next(m.parameters()).dtype
+        with autocast(device, settings.dtype):
+            preds[name] = predictions(m, images, batch_size, device, dtype, f"top-1 of {name}")
+        entry = result["models"][name]
+        entry["val_images"] = len(images)
+        entry["top1"] = float((preds[name] == labels).float().mean()) * 100 if labelled else None
+    if "baseline" in preds:
+        result["models"]["model"]["predictions_agree"] = \
+            float((preds["model"] == preds["baseline"]).float().mean()) * 100
+
+
+# ------------------------------------------------------------------------------------------------ gates
+@dataclass
+class Gates:
+    max_flops: Optional[float] = None      # GMACs (fvcore) of the model
+    min_speedup: Optional[float] = None    # throughput speedup against the baseline
+    max_acc_drop: Optional[float] = None   # top-1 points lost against the baseline
+
+    def any(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+
+def check_inputs_for_gates(gates: Gates, has_baseline: bool, has_val: bool) -> None:
+    """Refuse, before measuring, gates that the run could not decide (exit 2, not 3)."""
+    if gates.min_speedup is not None and not has_baseline:
+        raise BadInputError("--min-speedup needs a baseline: pass --baseline CKPT or bench a pruned model")
+    if gates.max_acc_drop is not None and not (has_baseline and has_val):
+        raise BadInputError("--max-acc-drop needs accuracy of both models: pass --val DIR (labelled images) "
+                            "and a baseline")
+
+
+def evaluate_gates(result: Dict[str, Any], gates: Gates) -> List[Dict[str, Any]]:
+    """One entry per gate given: name, measured value, limit, passed."""
+    model, comp = result["models"]["model"], result.get("comparison", {})
+    rows = []
+    if gates.max_flops is not None:
+        rows.append(_gate("--max-flops", model["flops"]["gmacs"], gates.max_flops, "GMACs (fvcore)", upper=True))
+    if gates.min_speedup is not None:
+        rows.append(_gate("--min-speedup", comp.get("throughput_speedup"), gates.min_speedup,
+                          "x throughput vs baseline", upper=False))
+    if gates.max_acc_drop is not None:
+        rows.append(_gate("--max-acc-drop", comp.get("acc_drop"), gates.max_acc_drop, "top-1 points", upper=True))
+    return rows
+
+
+def _gate(name: str, value: Optional[float], limit: float, unit: str, upper: bool) -> Dict[str, Any]:
+    ok = value is not None and (value <= limit if upper else value >= limit)
+    return {"gate": name, "value": value, "limit": limit, "unit": unit, "passed": bool(ok)}
+
+
+def raise_for_gates(rows: List[Dict[str, Any]]) -> None:
+    """QualityGateError (exit 3) naming every missed gate with its measured value and limit."""
+    failed = [r for r in rows if not r["passed"]]
+    if failed:
+        raise QualityGateError("quality gate failed: " + "; ".join(
+            f"{r['gate']} {r['limit']:g} ({r['unit']}): measured "
+            + ("nothing" if r["value"] is None else f"{r['value']:.4g}") for r in failed))

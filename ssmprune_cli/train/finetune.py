@@ -1,0 +1,164 @@
+"""Brief training: distillation fine-tuning of a pruned model (DESIGN 2.4), or plain supervised training (the
+demo model). AdamW with warm-up and a cosine schedule, bf16 autocast on CUDA, checkpoints that resume, DDP under
+torchrun (WORLD_SIZE > 1). Progress goes through the `ssmprune.train` logger; nothing prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssmprune_cli.data.tensor_data import TensorImages, augment, batches, normalise
+
+log = logging.getLogger("ssmprune.train")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    label_smoothing: float = 0.1
+    distill_alpha: float = 0.5   # weight of the soft-logit KL to the teacher (0 = labels only)
+    distill_tau: float = 1.0
+    grad_clip: float = 1.0
+    bf16: bool = True            # autocast on CUDA; ignored on CPU
+    augment: bool = True
+    seed: int = 0
+    eval_every: int = 0          # steps; 0 = at the end of each epoch
+
+
+def _world() -> tuple:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _logits(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def loss_fn(out: Any, labels: Tensor, teacher_logits: Optional[Tensor], cfg: TrainConfig) -> Tensor:
+    """Labels (smoothed CE) and, with a teacher, soft-logit KL. A model with two heads (GroupMamba returns
+    (head, dist_head) in training) keeps the distillation head's role: CE on the first, KL on the second."""
+    head = _logits(out)
+    dist_head = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else head
+    ce = F.cross_entropy(head.float(), labels, label_smoothing=cfg.label_smoothing)
+    if teacher_logits is None or cfg.distill_alpha <= 0:
+        return ce if dist_head is head else 0.5 * (ce + F.cross_entropy(dist_head.float(), labels,
+                                                                         label_smoothing=cfg.label_smoothing))
+    t = cfg.distill_tau
+    kl = F.kl_div(F.log_softmax(dist_head.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+                  reduction="batchmean", log_target=True) * t * t
+    return (1 - cfg.distill_alpha) * ce + cfg.distill_alpha * kl
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: TensorImages, mean, std, batch_size: int = 512) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for x, y in batches(data, batch_size, shuffle=False):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            pred = _logits(model(normalise(x, mean, std))).argmax(-1)
+        correct += int((pred == y).sum())
+    model.train(was)
+    return 100.0 * correct / max(1, len(data))
+
+
+def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, std,
+          teacher: Optional[nn.Module] = None, val_data: Optional[TensorImages] = None,
+          checkpoint: Optional[Path] = None, on_step: Optional[Callable[[int, int, float], None]] = None
+          ) -> Dict[str, Any]:
+    """Train `model` in place; returns a summary. With `checkpoint`, state is saved there each epoch and a run
+    resumes from it when the file exists."""
+    rank, world = _world()
+    device = next(model.parameters()).device
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    data = train_data.shard(rank, world) if world > 1 else train_data
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                  else None)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("A_log", "A_b_log", "A_logs", "pos_embed", "cls_token"))
+         else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    step = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint, step)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    t0 = time.perf_counter()
+    history = []
+    while step < total:
+        for x, y in batches(data, cfg.batch_size, gen, drop_last=True):
+            if step >= total:
+                break
+            if cfg.augment:
+                x = augment(x, gen)
+            xf = normalise(x, mean, std)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, cfg)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = _logits(teacher(xf))
+                out = net(xf)
+                loss = loss_fn(out, y, t_logits, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total, float(loss))
+            if step % steps_per_epoch == 0 or step == total:
+                entry = {"step": step, "loss": float(loss), "seconds": time.perf_counter() - t0}
+                if val_data is not None and rank == 0:
+                    entry["val_top1"] = accuracy(model, val_data, mean, std)
+                history.append(entry)
+                log.info("step %d/%d loss %.4f %s", step, total, float(loss),
+                         f"val {entry.get('val_top1', float('nan')):.2f}")
+                if checkpoint is not None and rank == 0:
+                    tmp = Path(str(checkpoint) + ".tmp")
+                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                "config": asdict(cfg)}, tmp)
+                    os.replace(tmp, checkpoint)
+    model.eval()
+    return {"steps": total, "history": history, "config": asdict(cfg), "seconds": time.perf_counter() - t0}

@@ -1,0 +1,139 @@
+"""`prune` end to end on the CPU: an official-layout checkpoint, real CIFAR-10 calibration images, outputs that
+reload alone, and the bad inputs of the pruning issue."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import ssmprune_cli
+from ssmprune_cli.errors import BadInputError, DataError, RecipeError
+from ssmprune_cli.io.safetensors_io import save_model
+from ssmprune_cli.models import create_model
+from ssmprune_cli.pipeline import PruneRequest, run_prune
+from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec, dense_macs, schedule_macs
+from ssmprune_cli.pruning.pruned_model import PrunedModel
+
+
+@pytest.fixture(scope="module")
+def vim_ckpt(tmp_path_factory) -> Path:
+    """A CIFAR-sized Vim (32 px, patch 4: 64 patches + class token) saved as the official release files are."""
+    torch.manual_seed(0)
+    model = create_model("vim_test", img_size=32, num_classes=10)
+    sd = model.state_dict()
+    path = tmp_path_factory.mktemp("ckpt") / "vim_cifar.pth"
+    torch.save({"model": sd, "model_ema": sd, "epoch": 3, "args": argparse.Namespace(model="vim")}, path)
+    return path
+
+
+def _request(ckpt, out, **kw):
+    base = dict(checkpoint=ckpt, out=out, calib_images=24, batch_size=12, seed=0)
+    base.update(kw)
+    return PruneRequest(**base)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.4])
+def test_prune_end_to_end_and_reload(vim_ckpt, cifar_test_dir, tmp_path, ratio):
+    out = tmp_path / "out"
+    report = run_prune(_request(vim_ckpt, out, ratio=ratio, calib=cifar_test_dir))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "recipe.yaml",
+                                                    "report.json", "report.md"]
+    assert report["flops"]["reduction"] >= ratio - 1e-9
+    assert json.loads((out / "report.json").read_text())["pruning"] == report["pruning"]
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["prune"]["keep"] == [p["keep"] for p in report["pruning"]["points"]]
+    model = ssmprune_cli.load(out / "model.safetensors")
+    assert isinstance(model, PrunedModel)
+    spec = PruningSpec.from_dict(report["pruning"])
+    assert spec.delta_fill == "calib"
+    dhat = [m.delta_hat for m in model.mixers()]
+    assert all(d is not None and torch.all(d > 0) for d in dhat)
+    # the reloaded model equals a pruned model rebuilt by hand from the dense checkpoint and the stored Δ̂
+    dense = ssmprune_cli.load(vim_ckpt)
+    by_hand = PrunedModel(dense, spec)
+    by_hand.set_delta_hat(dhat)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), by_hand(x))
+    assert schedule_macs(dense, spec.points) <= (1 - ratio) * dense_macs(dense)
+    assert not list(tmp_path.glob(".out*"))  # no temporary folders left behind
+
+
+def test_save_load_forward_bit_identical(vim_ckpt, tmp_path):
+    dense = ssmprune_cli.load(vim_ckpt)
+    pm = PrunedModel(dense, PruningSpec([PrunePoint("1", 40), PrunePoint("3", 20)], delta_fill="bias"))
+    path = save_model(pm.model, tmp_path / "m.safetensors", pruning=pm.spec.to_dict())
+    again = ssmprune_cli.load(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(pm(x), again(x))
+
+
+def test_align_none_differs_and_full_keep_is_dense(vim_ckpt):
+    dense = ssmprune_cli.load(vim_ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = dense(x)
+        aligned = PrunedModel(dense, PruningSpec([PrunePoint("2", 30)], delta_fill="bias"))
+        a = aligned(x)
+        aligned.detach()
+        naive = PrunedModel(dense, PruningSpec([PrunePoint("2", 30)], align="none", conv_fill="packed",
+                                               delta_fill="zero"))
+        n = naive(x)
+        naive.detach()
+        full = PrunedModel(dense, PruningSpec([PrunePoint("2", 65)], delta_fill="bias"))
+        f = full(x)
+    assert torch.equal(f, want)
+    assert not torch.allclose(a, n)
+    assert not torch.allclose(a, want)
+
+
+def test_explicit_keep_rates_and_counts(vim_ckpt, tmp_path):
+    r1 = run_prune(_request(vim_ckpt, tmp_path / "a", keep=[0.5, 0.5], at=["1", "2"], delta_fill="bias"))
+    assert [p["keep"] for p in r1["pruning"]["points"]] == [33, 17]
+    r2 = run_prune(_request(vim_ckpt, tmp_path / "b", keep=[40, 20], at=["1", "2"], delta_fill="bias"))
+    assert [p["keep"] for p in r2["pruning"]["points"]] == [40, 20]
+    assert r2["calibration"]["images"] == 0
+
+
+def test_bad_inputs_leave_nothing(vim_ckpt, cifar_test_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="already exists"):
+        run_prune(_request(vim_ckpt, out, ratio=0.3, calib=cifar_test_dir))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(RecipeError, match=r"\(0, 1\)"):
+        run_prune(_request(vim_ckpt, tmp_path / "o1", ratio=1.5, delta_fill="bias"))
+    with pytest.raises(RecipeError, match="unreachable"):
+        run_prune(_request(vim_ckpt, tmp_path / "o2", ratio=0.95, at=["3"], delta_fill="bias"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prune:\n  ratoi: 0.3\n")
+    with pytest.raises(RecipeError, match="unknown field 'prune.ratoi'"):
+        run_prune(_request(vim_ckpt, tmp_path / "o3", recipe=bad, delta_fill="bias"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        run_prune(_request(vim_ckpt, tmp_path / "o4", ratio=0.3, calib=empty))
+    with pytest.raises(DataError, match="--calib"):
+        run_prune(_request(vim_ckpt, tmp_path / "o5", ratio=0.3))
+    with pytest.raises(BadInputError, match="overwrite the input|inside the output"):
+        run_prune(_request(vim_ckpt, vim_ckpt.parent, ratio=0.3, delta_fill="bias", force=True))
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["bad.yaml", "empty", "out"]
+    assert vim_ckpt.exists()
+
+
+def test_auto_records_candidates(vim_ckpt, cifar_test_dir, tmp_path):
+    report = run_prune(_request(vim_ckpt, tmp_path / "auto", ratio=0.4, calib=cifar_test_dir, auto=True,
+                                calib_images=12))
+    cands = report["auto"]["candidates"]
+    assert len(cands) == 3 * 3 * 3  # hold/zero/packed x calib/bias/zero x uniform/early/late
+    best = max(c["agreement"] for c in cands)
+    assert report["auto"]["chosen"]["agreement"] == best
+    assert report["pruning"]["conv_fill"] == report["auto"]["chosen"]["conv_fill"]
+    assert all(c["macs"] <= 0.6 * report["flops"]["dense_gmacs"] * 1e9 + 1 for c in cands)
+    assert "Policy search" in (tmp_path / "auto" / "report.md").read_text()
