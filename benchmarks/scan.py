@@ -189,12 +189,12 @@ def variants(shape, dname):
     out = {}
     saved = dict(fn_mod.LAUNCH)
     try:
-        for be, nw in ((128, 4), (64, 2), (256, 8), (64, 4), (32, 1)):
+        for be, nw in ((64, 4), (32, 2), (32, 4), (128, 8), (16, 1), (128, 4)):
             fn_mod.LAUNCH["fwd"] = {"BE": be, "num_warps": nw}
             with torch.no_grad():
                 out[f"fwd BE={be} w={nw}"] = kernel_time(lambda: selective_scan_triton(*args), "_fwd_kernel")
         fn_mod.LAUNCH["fwd"] = saved["fwd"]
-        for be, nw in ((16, 1), (32, 1), (32, 2), (64, 2), (64, 4), (8, 1)):
+        for be, nw in ((8, 1), (16, 1), (16, 2), (32, 2), (32, 4)):
             fn_mod.LAUNCH["bwd"] = {"BE": be, "num_warps": nw}
             out[f"bwd BE={be} w={nw}"] = kernel_time(
                 lambda: torch.autograd.grad(selective_scan_triton(*leaves), grad_in, g), "_bwd_kernel")
@@ -211,7 +211,17 @@ def main():
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--variants", action="store_true", help="also time other launch shapes (Vim-S bf16)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--once", action="store_true", help="one forward and one forward+backward (for ncu), no timing")
     a = p.parse_args()
+    if a.once:
+        for s in a.shapes.split(","):
+            for d in a.dtypes.split(","):
+                args = need_grad(inputs(SHAPES[s], DTYPES[d], "cuda"))
+                with torch.no_grad():
+                    selective_scan_triton(*args)
+                selective_scan_triton(*args).float().sum().backward()
+        torch.cuda.synchronize()
+        return
     shapes, dnames = a.shapes.split(","), a.dtypes.split(",")
     rec = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": __import__("triton").__version__, "launch": fn_mod.LAUNCH, "numerics": {}, "timings": {}}

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ssmprune_cli import __version__
@@ -45,8 +44,8 @@ class _Seam(typer.core.TyperGroup):
         except Exception as exc:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
-            console.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(_one_line(exc))} "
-                          f"(rerun with {DEBUG_ENV}=1 for a traceback)", soft_wrap=True)
+            error(f"{type(exc).__name__}: {_one_line(exc)} (rerun with {DEBUG_ENV}=1 for a traceback)",
+                  label="internal error")
             raise typer.Exit(1) from None
 
 
@@ -128,17 +127,38 @@ def analyze(
     img_size: ImgSizeOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
+    flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count FLOPs with fvcore (GMACs), per block "
+                                        "beside the analytic cost model.")] = True,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Folder of images: add per-layer "
+                                                  "token-importance statistics.")] = None,
+    calib_images: Annotated[int, typer.Option("--calib-images", min=1, help="Images to use from --calib.")] = 64,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
+                                                  "available).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe a checkpoint: architecture, variant, parameter count, image size, tokens per layer."""
+    """Describe a checkpoint: architecture, variant, parameters, image size, tokens per layer, FLOPs and, with
+    --calib, how token importance is spread at each layer."""
     from ssmprune_cli.io.load import load_checkpoint
+    from ssmprune_cli.pipeline import pick_device
+    from ssmprune_cli.report.flops import analyze_flops, render_flops
+    from ssmprune_cli.report.pictures import calib_importance, render_importance_stats
 
     loaded = load_checkpoint(ckpt, family=family, ema=ema, trust_pickle=trust_pickle, img_size=img_size)
     summary = loaded.summary()
+    if flops or calib is not None:
+        loaded.model.to(pick_device(device))
+    if flops:
+        summary["flops"] = analyze_flops(loaded)
+    if calib is not None:
+        summary["importance"] = calib_importance(loaded.model, calib, calib_images)
     if as_json:
         emit_json(summary)
         return
     _render_summary(summary)
+    if flops:
+        render_flops(summary["flops"])
+    if calib is not None:
+        render_importance_stats(summary["importance"])
 
 
 def _render_summary(s: Dict[str, Any]) -> None:
@@ -153,7 +173,7 @@ def _render_summary(s: Dict[str, Any]) -> None:
     console.print(head)
     pruned = s["pruning"] is not None
     layers = Table(title="tokens per layer")
-    for col in ("after block", "tokens", "grid", "class/protected") + (("kept",) if pruned else ()):
+    for col in ("after block", "tokens", "grid", "protected") + (("kept",) if pruned else ()):
         layers.add_column(col, justify="right")
     for key, group in groupby(s["layers"], key=lambda r: (r["tokens"], r["grid"], r["protected"], r.get("kept"))):
         sites = [r["site"] for r in group]
@@ -185,6 +205,202 @@ def _tokens(layers: List[Dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------- later commands
 # prune, finetune, eval and bench are added here by their owners, each as a thin @app.command() that parses
 # its options (reusing the *Opt aliases above), calls one package function and renders the result.
+
+
+# ---------------------------------------------------------------------------------------------- prune
+def _csv(value: Optional[str]) -> Optional[List[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _numbers(value: Optional[str], what: str) -> Optional[List[float]]:
+    items = _csv(value)
+    if items is None:
+        return None
+    try:
+        return [float(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"{what} takes comma-separated numbers, got {value!r}") from None
+
+
+@app.command()
+def prune(
+    ckpt: Annotated[Optional[Path], typer.Argument(help="Dense checkpoint (official .pth or ssmprune "
+                                                   ".safetensors). Default: the embedded demo model.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")
+                   ] = Path("ssmprune-out"),
+    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Target FLOPs reduction in (0, 1): 0.4 = the "
+                                                   "pruned model costs at most 60% of the dense one.")] = None,
+    keep: Annotated[Optional[str], typer.Option("--keep", help="Explicit schedule: keep rates in (0, 1] or token "
+                                                "counts, comma-separated, one per prune point.")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Prune points, comma-separated: blocks completed "
+                                              "('5,10,15'), or 'stage.block' for hierarchical models.")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration images (ImageFolder or a flat "
+                                                  "folder); no labels needed.")] = None,
+    calib_images: Annotated[Optional[int], typer.Option("--calib-images", min=1, help="How many calibration "
+                                                        "images (recipe default 256).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Calibration batch size.")
+                          ] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe; flags override it.")] = None,
+    score: Annotated[Optional[str], typer.Option("--score", help="Token importance: clip (default), l1, l2, "
+                                                 "noclip, random.")] = None,
+    align: Annotated[Optional[str], typer.Option("--align", help="aligned (default) or none (naive packing).")
+                     ] = None,
+    conv_fill: Annotated[Optional[str], typer.Option("--conv-fill", help="hold, packed (1-D only) or zero.")
+                         ] = None,
+    delta_fill: Annotated[Optional[str], typer.Option("--delta-fill", help="calib (needs --calib), bias or zero."
+                                                      )] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="With --ratio: uniform, early or late keep "
+                                                 "rates across the prune points.")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Choose conv_fill, delta_fill and the split by agreement "
+                                       "with the dense model on held-out calibration images.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (recipe default 0).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
+                                                  "available).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    family: FamilyOpt = None,
+    img_size: ImgSizeOpt = None,
+    ema: EmaOpt = False,
+    trust_pickle: TrustPickleOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
+    config.json, recipe.yaml, report.json, report.md) to OUT."""
+    from ssmprune_cli.assets import demo_checkpoint
+    from ssmprune_cli.pipeline import PruneRequest, run_prune
+    from ssmprune_cli.report.progress import set_enabled
+
+    set_enabled(not no_progress)
+    if ckpt is None:
+        ckpt = demo_checkpoint()
+        note(f"no checkpoint given: pruning the embedded demo model ({ckpt.name})")
+    req = PruneRequest(checkpoint=ckpt, out=out, ratio=ratio, keep=_numbers(keep, "--keep"), at=_csv(at),
+                       recipe=recipe, calib=calib, calib_images=calib_images, batch_size=batch_size, score=score,
+                       align=align, conv_fill=conv_fill, delta_fill=delta_fill, split=split, auto=auto,
+                       seed=seed, force=force, device=device,
+                       load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
+                                     "img_size": img_size})
+    report = run_prune(req)
+    if as_json:
+        emit_json(report)
+        return
+    _render_prune(report, out)
+
+
+def _render_prune(r: Dict[str, Any], out: Path) -> None:
+    f = r["flops"]
+    table = Table(title=f"pruned {r['source']['variant'] or r['source']['family']} → {out}")
+    for col in ("prune point", "tokens before", "kept"):
+        table.add_column(col, justify="right")
+    for s in r["schedule"]:
+        table.add_row(s["site"], str(s["before"]), str(s["keep"]))
+    console.print(table)
+    line = (f"{f['convention'].split(' (')[0]}: {f['dense_gmacs']:.4f} → {f['pruned_gmacs']:.4f} "
+            f"([bold]{f['reduction']:.1%}[/] fewer)")
+    console.print(line)
+    agree = r["calibration"].get("agreement_with_dense")
+    if agree is not None:
+        console.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")
+    if r.get("auto"):
+        c = r["auto"]["chosen"]
+        console.print(f"--auto chose conv_fill={c['conv_fill']} delta_fill={c['delta_fill']} split={c['split']}")
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="Dense or pruned model (any supported checkpoint).")],
+    val: Annotated[Path, typer.Option("--val", help="Labelled images (ImageFolder), or a flat folder for "
+                                      "agreement only.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Also report agreement with (and the "
+                                                     "accuracy of) this model.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use this many images (seeded random "
+                                                 "subset).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
+                                                          "is more points below --baseline's.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    family: FamilyOpt = None,
+    ema: EmaOpt = False,
+    trust_pickle: TrustPickleOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-1 accuracy of a dense or pruned model, and its agreement with a --baseline model."""
+    from ssmprune_cli.errors import BadInputError, QualityGateError
+    from ssmprune_cli.pipeline import EvalRequest, run_eval
+    from ssmprune_cli.report.progress import set_enabled
+
+    set_enabled(not no_progress)
+    if max_acc_drop is not None and baseline is None:
+        raise BadInputError("--max-acc-drop needs --baseline")
+    result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, limit=limit, batch_size=batch_size,
+                                  device=device, load_options={"family": family, "ema": ema,
+                                                               "trust_pickle": trust_pickle}))
+    if as_json:
+        emit_json(result)
+    else:
+        table = Table(show_header=False, title=str(model))
+        for key in ("images", "top1", "baseline_top1", "acc_drop", "agreement"):
+            if key in result:
+                v = result[key]
+                table.add_row(key, f"{v:.2f}" if isinstance(v, float) else str(v))
+        console.print(table)
+    if max_acc_drop is not None:
+        drop = result.get("acc_drop")
+        if drop is None:
+            raise BadInputError("--max-acc-drop needs labelled --val images (an ImageFolder)")
+        if drop > max_acc_drop:
+            raise QualityGateError(f"top-1 dropped {drop:.2f} points, more than --max-acc-drop {max_acc_drop}")
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="Model to measure: a pruned .safetensors, or any checkpoint.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Checkpoint to compare against (default "
+                                                     "for a pruned MODEL: its own dense model).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
+                                                  "available).")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, or bf16 (autocast).")] = "fp32",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the throughput measurement.")] = 128,
+    latency_batch: Annotated[int, typer.Option("--latency-batch", min=1, help="Batch size of the latency "
+                                               "measurement.")] = 1,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up calls per model and batch size.")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed samples per model and batch size "
+                                         "(median and IQR reported).")] = 20,
+    compile_: Annotated[bool, typer.Option("--compile", help="Measure torch.compile'd models.")] = False,
+    stages: Annotated[bool, typer.Option("--stages", help="Also time each block and group the ops' time.")] = False,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): measure top-1 "
+                                                "of both models.")] = None,
+    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images "
+                                                     "(seeded random subset).")] = None,
+    max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: fail (exit 3) when MODEL costs "
+                                                       "more GMACs (fvcore).")] = None,
+    min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: fail (exit 3) when the "
+                                                         "throughput speedup over the baseline is lower.")] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
+                                                          "drops by more points (needs --val).")] = None,
+    family: FamilyOpt = None,
+    ema: EmaOpt = False,
+    trust_pickle: TrustPickleOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency (batch 1) and throughput (large batch) of MODEL beside its baseline, measured in one run, with
+    fvcore FLOPs and their ratio; quality gates end with exit code 3 when missed."""
+    from ssmprune_cli.report.bench import BenchRequest, BenchSettings, Gates, raise_for_gates, render_bench, \
+        run_bench
+
+    settings = BenchSettings(device=device, dtype=dtype, batch=batch, latency_batch=latency_batch, warmup=warmup,
+                             repeats=repeats, compile=compile_, stages=stages)
+    req = BenchRequest(model=model, baseline=baseline, settings=settings, val=val, val_limit=val_limit,
+                       load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle})
+    result = run_bench(req, Gates(max_flops, min_speedup, max_acc_drop))
+    if as_json:
+        emit_json(result)
+    else:
+        render_bench(result)
+    raise_for_gates(result.get("gates", []))
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ from ssmprune_cli.errors import BadInputError
 from . import SCAN_FUNCTION_NAME  # noqa: F401  (the class name below must match it)
 from . import selective_scan_kernels as K
 
-# Launch shapes: channels per program and warps. The forward keeps 4 states x 4 channels per thread. The backward
-# keeps 4 x 2 (it also holds a 4-step buffer of decays and states) in one warp, so its per-step sums over channels
-# need no shared memory. benchmarks/scan.py overrides these to compare.
-LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 128, "num_warps": 4}, "bwd": {"BE": 16, "num_warps": 1}}
+# Launch shapes: channels per program and warps. Each thread holds 4 states x (BE / (8 warps)) channels; the loops
+# are latency-bound, so small blocks (many programs in flight) win. The backward runs in one warp, so its per-step
+# sums over channels need no shared memory. benchmarks/scan.py --variants compares others.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 64, "num_warps": 4}, "bwd": {"BE": 8, "num_warps": 1}}
 
 _TILE = 8  # the forward's steps per tile; B and C copies are padded to a multiple of it
 
@@ -68,8 +68,8 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill, save):
-        b, e, l = u.shape
-        N = A.shape[1]
+        b, e, l = (int(s) for s in u.shape)  # ints even under jit tracing, where shapes are traced tensors
+        N = int(A.shape[1])
         NP = _padded_states(N)
         Lp = triton.cdiv(max(l, 1), _TILE) * _TILE
         u, delta = _rows(u), _rows(delta)
@@ -101,7 +101,7 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout):
         u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs = ctx.saved_tensors
         N, NP, Lp, flags, A_dt, B_dt, C_dt, shared_bias, D_dt, bias_dt, fill_dt = ctx.meta
-        b, e, l = u.shape
+        b, e, l = (int(s) for s in u.shape)
         dout = _rows(dout)
         f32 = {"dtype": torch.float32, "device": u.device}
         du = _empty((b, e, l), u.dtype, u.device)

@@ -113,11 +113,28 @@ def _join8(c0, c1, c2, c3, c4, c5, c6, c7):
 
 
 # ----------------------------------------------------------------------------------------------- shared pieces
+# Both loops are latency-bound rather than bandwidth- or exp-bound (docs/kernels.md): every chunk therefore loads
+# the next chunk's per-token tiles one iteration ahead, and issues all of its own B/C rows before the first step.
 @triton.jit
-def _delta_tiles(dl_ptrs, u_ptrs, gap_ptrs, bias, fill, mask, mask_t,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr):
+def _load_tiles(dl_row, u_row, z_row, o_row, gap_row, t0, me, L, CH: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_GAP: tl.constexpr, HAS_DOUT: tl.constexpr):
+    """Raw per-token tiles (BE, CH) of one chunk; steps past L read as zero. Absent inputs return a stand-in."""
+    tt = t0 + tl.arange(0, CH)
+    mt = tt < L
+    m2 = me[:, None] & mt[None, :]
+    x = tl.load(dl_row + tt[None, :], mask=m2, other=0.0)
+    u = tl.load(u_row + tt[None, :], mask=m2, other=0.0)
+    z = tl.load(z_row + tt[None, :], mask=m2, other=0.0) if HAS_Z else u
+    do = tl.load(o_row + tt[None, :], mask=m2, other=0.0) if HAS_DOUT else u
+    g = tl.load(gap_row + tt, mask=mt, other=0.0).to(tl.float32) if HAS_GAP else mt.to(tl.float32)
+    return x, u, z, do, g
+
+
+@triton.jit
+def _delta_tiles(x, u, g, bias, fill, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr,
+                 FAST: tl.constexpr):
     """Per-token tiles: dt (input stream), dtd (decay stream), dt*u, u and softplus'(pre-activation)."""
-    x = tl.load(dl_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x = x.to(tl.float32)
     if HAS_BIAS:
         x += bias[:, None]
     if SOFTPLUS:
@@ -125,9 +142,8 @@ def _delta_tiles(dl_ptrs, u_ptrs, gap_ptrs, bias, fill, mask, mask_t,
     else:
         dt = x
         dsp = tl.full(x.shape, 1.0, tl.float32)
-    uu = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
+    uu = u.to(tl.float32)
     if HAS_GAP:
-        g = tl.load(gap_ptrs, mask=mask_t, other=0.0).to(tl.float32)
         dtd = dt + g[None, :] * fill[:, None]
     else:
         dtd = dt
@@ -135,11 +151,15 @@ def _delta_tiles(dl_ptrs, u_ptrs, gap_ptrs, bias, fill, mask, mask_t,
 
 
 @triton.jit
-def _fwd_step(h, A2, dtd, dtu, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
-              PROBE: tl.constexpr):
+def _rows4(ptr, t0, offs_n, NP: tl.constexpr):
+    """The (NP,) rows of steps t0..t0+3 of a (Lp, NP) B or C copy."""
+    return (tl.load(ptr + (t0 + 0) * NP + offs_n), tl.load(ptr + (t0 + 1) * NP + offs_n),
+            tl.load(ptr + (t0 + 2) * NP + offs_n), tl.load(ptr + (t0 + 3) * NP + offs_n))
+
+
+@triton.jit
+def _fwd_step(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexpr):
     """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
-    b = tl.load(Bt_ptr + t * NP + offs_n)
-    c = tl.load(Ct_ptr + t * NP + offs_n)
     if PROBE:
         # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
         a = dtd[None, :] * A2 * 0.01 + 0.99
@@ -183,47 +203,51 @@ def _fwd_kernel(
     gap_row = gap_ptr + pid_b * s_gb
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
+    xn, un, zn, _unused, gn = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, 0, me, L, 8, HAS_Z, HAS_GAP,
+                                        False)
     for t0 in range(0, L, 8):
-        tt = t0 + tl.arange(0, 8)
-        mt = tt < L
-        m2 = me[:, None] & mt[None, :]
-        dt, dtd, dtu, uu, _ = _delta_tiles(dl_row + tt[None, :], u_row + tt[None, :], gap_row + tt, bias, fill,
-                                           m2, mt, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        xc, uc, zc, gc = xn, un, zn, gn
+        b0, b1, b2, b3 = _rows4(Bt_ptr, t0, offs_n, NP)
+        b4, b5, b6, b7 = _rows4(Bt_ptr, t0 + 4, offs_n, NP)
+        c0, c1, c2, c3 = _rows4(Ct_ptr, t0, offs_n, NP)
+        c4, c5, c6, c7 = _rows4(Ct_ptr, t0 + 4, offs_n, NP)
+        xn, un, zn, _unused, gn = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, t0 + 8, me, L, 8, HAS_Z,
+                                              HAS_GAP, False)
+        dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
         d0, d1, d2, d3, d4, d5, d6, d7 = _cols8(dtd)
         v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
         if SAVE:
             tl.store(hs_ptr + (t0 // 4) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y0 = _fwd_step(h, A2, d0, v0, Bt_ptr, Ct_ptr, t0 + 0, offs_n, NP, FAST, PROBE)
-        h, y1 = _fwd_step(h, A2, d1, v1, Bt_ptr, Ct_ptr, t0 + 1, offs_n, NP, FAST, PROBE)
-        h, y2 = _fwd_step(h, A2, d2, v2, Bt_ptr, Ct_ptr, t0 + 2, offs_n, NP, FAST, PROBE)
-        h, y3 = _fwd_step(h, A2, d3, v3, Bt_ptr, Ct_ptr, t0 + 3, offs_n, NP, FAST, PROBE)
+        h, y0 = _fwd_step(h, A2, d0, v0, b0, c0, FAST, PROBE)
+        h, y1 = _fwd_step(h, A2, d1, v1, b1, c1, FAST, PROBE)
+        h, y2 = _fwd_step(h, A2, d2, v2, b2, c2, FAST, PROBE)
+        h, y3 = _fwd_step(h, A2, d3, v3, b3, c3, FAST, PROBE)
         if SAVE:
             if t0 + 4 < L:
                 tl.store(hs_ptr + (t0 // 4 + 1) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y4 = _fwd_step(h, A2, d4, v4, Bt_ptr, Ct_ptr, t0 + 4, offs_n, NP, FAST, PROBE)
-        h, y5 = _fwd_step(h, A2, d5, v5, Bt_ptr, Ct_ptr, t0 + 5, offs_n, NP, FAST, PROBE)
-        h, y6 = _fwd_step(h, A2, d6, v6, Bt_ptr, Ct_ptr, t0 + 6, offs_n, NP, FAST, PROBE)
-        h, y7 = _fwd_step(h, A2, d7, v7, Bt_ptr, Ct_ptr, t0 + 7, offs_n, NP, FAST, PROBE)
+        h, y4 = _fwd_step(h, A2, d4, v4, b4, c4, FAST, PROBE)
+        h, y5 = _fwd_step(h, A2, d5, v5, b5, c5, FAST, PROBE)
+        h, y6 = _fwd_step(h, A2, d6, v6, b6, c6, FAST, PROBE)
+        h, y7 = _fwd_step(h, A2, d7, v7, b7, c7, FAST, PROBE)
         y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
         if HAS_D:
             y += Dv[:, None] * uu
         if HAS_Z:
-            zz = tl.load(z_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+            zz = zc.to(tl.float32)
             y *= zz * _sigmoid(zz, FAST)
-        tl.store(out_row + tt[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+        tt = t0 + tl.arange(0, 8)
+        tl.store(out_row + tt[None, :], y.to(out_ptr.dtype.element_ty), mask=me[:, None] & (tt < L)[None, :])
 
 
 @triton.jit
-def _recompute_step(h, A2, dtd, dtu, dy, Bt_ptr, Ct_ptr, dC_ptr, t, offs_n, NP: tl.constexpr,
-                    HAS_Z: tl.constexpr, FAST: tl.constexpr):
+def _recompute_step(h, A2, dtd, dtu, dy, b, c, dC_ptr, t, offs_n, NP: tl.constexpr, HAS_Z: tl.constexpr,
+                    FAST: tl.constexpr):
     """Forward step again from the saved state; adds this program's part of dC_t = sum_e dy h_t."""
-    b = tl.load(Bt_ptr + t * NP + offs_n)
     a = _ex2(dtd[None, :] * A2, FAST)
     ah = a * h
     h = ah + dtu[None, :] * b[:, None]
     tl.atomic_add(dC_ptr + t * NP + offs_n, tl.sum(h * dy[None, :], axis=1), sem="relaxed")
     if HAS_Z:
-        c = tl.load(Ct_ptr + t * NP + offs_n)
         y = tl.sum(h * c[:, None], axis=0)
     else:
         y = dtd  # unused
@@ -231,10 +255,8 @@ def _recompute_step(h, A2, dtd, dtu, dy, Bt_ptr, Ct_ptr, dC_ptr, t, offs_n, NP: 
 
 
 @triton.jit
-def _adjoint_step(w, A2, a, ah, dtd, dtu, dy, dA, Ct_ptr, Bt_ptr, dB_ptr, t, offs_n, NP: tl.constexpr):
+def _adjoint_step(w, A2, a, ah, dtd, dtu, dy, dA, b, c, dB_ptr, t, offs_n, NP: tl.constexpr):
     """One reverse step. w carries a_{t+1} g_{t+1}; returns the next carry, sum_n g B, sum_n r A2 and dA."""
-    b = tl.load(Bt_ptr + t * NP + offs_n)
-    c = tl.load(Ct_ptr + t * NP + offs_n)
     g = w + c[:, None] * dy[None, :]                       # dL/dh_t
     tl.atomic_add(dB_ptr + t * NP + offs_n, tl.sum(g * dtu[None, :], axis=1), sem="relaxed")
     s = tl.sum(g * b[:, None], axis=0)                     # -> du (x dt) and the input-stream dΔ (x u)
@@ -285,16 +307,22 @@ def _bwd_kernel(
     accB = tl.zeros((BE,), dtype=tl.float32)
     accF = tl.zeros((BE,), dtype=tl.float32)
     n_chunks = (L + 3) // 4
+    t_last = (n_chunks - 1) * 4
+    xn, un, zn, on, gn = _load_tiles(dl_row, u_row, z_row, do_row, gap_row, t_last, me, L, 4, HAS_Z, HAS_GAP, True)
+    hn = tl.load(hs_ptr + (t_last // 4) * E * NP + hs_offs, mask=me[None, :], other=0.0)
     for k in range(0, n_chunks):
         t0 = (n_chunks - 1 - k) * 4
-        tt = t0 + tl.arange(0, 4)
-        mt = tt < L
-        m2 = me[:, None] & mt[None, :]
-        dt, dtd, dtu, uu, dsp = _delta_tiles(dl_row + tt[None, :], u_row + tt[None, :], gap_row + tt, bias,
-                                             fill, m2, mt, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
-        do = tl.load(do_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+        xc, uc, zc, oc, gc, h = xn, un, zn, on, gn, hn
+        b0, b1, b2, b3 = _rows4(Bt_ptr, t0, offs_n, NP)
+        c0, c1, c2, c3 = _rows4(Ct_ptr, t0, offs_n, NP)
+        # the next chunk back (t0 - 4; at k = last it re-reads chunk 0, harmlessly)
+        tp = tl.maximum(t0 - 4, 0)
+        xn, un, zn, on, gn = _load_tiles(dl_row, u_row, z_row, do_row, gap_row, tp, me, L, 4, HAS_Z, HAS_GAP, True)
+        hn = tl.load(hs_ptr + (tp // 4) * E * NP + hs_offs, mask=me[None, :], other=0.0)
+        dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        do = oc.to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_row + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+            zz = zc.to(tl.float32)
             sz = _sigmoid(zz, FAST)
             dy = do * zz * sz
         else:
@@ -302,11 +330,13 @@ def _bwd_kernel(
         d0, d1, d2, d3 = _cols4(dtd)
         v0, v1, v2, v3 = _cols4(dtu)
         y0, y1, y2, y3 = _cols4(dy)
-        h = tl.load(hs_ptr + (t0 // 4) * E * NP + hs_offs, mask=me[None, :], other=0.0)
-        h, a0, ah0, p0 = _recompute_step(h, A2, d0, v0, y0, Bt_ptr, Ct_ptr, dC_ptr, t0 + 0, offs_n, NP, HAS_Z, FAST)
-        h, a1, ah1, p1 = _recompute_step(h, A2, d1, v1, y1, Bt_ptr, Ct_ptr, dC_ptr, t0 + 1, offs_n, NP, HAS_Z, FAST)
-        h, a2, ah2, p2 = _recompute_step(h, A2, d2, v2, y2, Bt_ptr, Ct_ptr, dC_ptr, t0 + 2, offs_n, NP, HAS_Z, FAST)
-        h, a3, ah3, p3 = _recompute_step(h, A2, d3, v3, y3, Bt_ptr, Ct_ptr, dC_ptr, t0 + 3, offs_n, NP, HAS_Z, FAST)
+        h, a0, ah0, p0 = _recompute_step(h, A2, d0, v0, y0, b0, c0, dC_ptr, t0 + 0, offs_n, NP, HAS_Z, FAST)
+        h, a1, ah1, p1 = _recompute_step(h, A2, d1, v1, y1, b1, c1, dC_ptr, t0 + 1, offs_n, NP, HAS_Z, FAST)
+        h, a2, ah2, p2 = _recompute_step(h, A2, d2, v2, y2, b2, c2, dC_ptr, t0 + 2, offs_n, NP, HAS_Z, FAST)
+        h, a3, ah3, p3 = _recompute_step(h, A2, d3, v3, y3, b3, c3, dC_ptr, t0 + 3, offs_n, NP, HAS_Z, FAST)
+        tt = t0 + tl.arange(0, 4)
+        mt = tt < L
+        m2 = me[:, None] & mt[None, :]
         if HAS_Z:
             # out = y silu(z): dz = dout y sigmoid(z) (1 + z (1 - sigmoid(z)))
             yv = _join4(p0, p1, p2, p3)
@@ -314,12 +344,12 @@ def _bwd_kernel(
                 yv += Dv[:, None] * uu
             dz = do * yv * sz * (1.0 + zz * (1.0 - sz))
             tl.store(dz_ptr + g_off + tt[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
-        w, s3, q3, dA = _adjoint_step(w, A2, a3, ah3, d3, v3, y3, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 3, offs_n, NP)
-        w, s2, q2, dA = _adjoint_step(w, A2, a2, ah2, d2, v2, y2, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 2, offs_n, NP)
-        w, s1, q1, dA = _adjoint_step(w, A2, a1, ah1, d1, v1, y1, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 1, offs_n, NP)
-        w, s0, q0, dA = _adjoint_step(w, A2, a0, ah0, d0, v0, y0, dA, Ct_ptr, Bt_ptr, dB_ptr, t0 + 0, offs_n, NP)
+        w, s3, q3, dA = _adjoint_step(w, A2, a3, ah3, d3, v3, y3, dA, b3, c3, dB_ptr, t0 + 3, offs_n, NP)
+        w, s2, q2, dA = _adjoint_step(w, A2, a2, ah2, d2, v2, y2, dA, b2, c2, dB_ptr, t0 + 2, offs_n, NP)
+        w, s1, q1, dA = _adjoint_step(w, A2, a1, ah1, d1, v1, y1, dA, b1, c1, dB_ptr, t0 + 1, offs_n, NP)
+        w, s0, q0, dA = _adjoint_step(w, A2, a0, ah0, d0, v0, y0, dA, b0, c0, dB_ptr, t0 + 0, offs_n, NP)
         s = _join4(s0, s1, s2, s3)
-        q = _join4(q0, q1, q2, q3) * _LN2                   # dL/d(decay-stream Δ)
+        q = _join4(q0, q1, q2, q3) * _LN2                  # dL/d(decay-stream Δ)
         du = dt * s
         if HAS_D:
             du += Dv[:, None] * dy
@@ -330,8 +360,7 @@ def _bwd_kernel(
         if HAS_BIAS:
             accB += tl.sum(tl.where(m2, ddl, 0.0), axis=1)
         if HAS_GAP:
-            gp = tl.load(gap_row + tt, mask=mt, other=0.0).to(tl.float32)
-            accF += tl.sum(q * gp[None, :], axis=1)
+            accF += tl.sum(q * gc[None, :], axis=1)
     tl.atomic_add(dA_ptr + hs_offs, dA, mask=me[None, :], sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_e, accD, mask=me, sem="relaxed")

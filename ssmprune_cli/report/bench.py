@@ -278,16 +278,23 @@ def load_pair(req: BenchRequest) -> Tuple[nn.Module, Optional[nn.Module], Dict[s
     return loaded.model, None, labels
 
 
-def run_bench(req: BenchRequest) -> Dict[str, Any]:
+def run_bench(req: BenchRequest, gates: Optional["Gates"] = None) -> Dict[str, Any]:
+    """Load, measure, and judge the gates (result["gates"]); raising for a missed gate is the caller's call,
+    after it has shown the result."""
     from ssmprune_cli.pipeline import pick_device
 
     req.settings.check()
     device = pick_device(req.settings.device)
     model, baseline, labels = load_pair(req)
+    if gates is not None:
+        check_inputs_for_gates(gates, baseline is not None, req.val is not None)
     models = {"model": model}
     if baseline is not None:
         models["baseline"] = baseline
-    return bench_models(models, req.settings, device, labels, req.val, req.val_limit, req.val_batch)
+    result = bench_models(models, req.settings, device, labels, req.val, req.val_limit, req.val_batch)
+    if gates is not None and gates.any():
+        result["gates"] = evaluate_gates(result, gates)
+    return result
 
 
 def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: torch.device,
@@ -324,7 +331,11 @@ def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: 
         x = example_input(ref, settings.batch, settings.seed).to(device)
         for n, m in eager.items():
             result["models"][n]["stages"] = stage_times(m, x, settings, device)
-            result["models"][n]["ops"] = op_breakdown(m, x, settings, device)
+            try:
+                result["models"][n]["ops"] = op_breakdown(m, x, settings, device)
+            except RuntimeError as exc:  # a profiler without CUPTI, say: keep the block timings
+                result["models"][n]["ops"] = {"error": " ".join(str(exc).split())[:200], "categories": {},
+                                              "timer": "profiler unavailable"}
     if "baseline" in result["models"]:
         result["comparison"] = compare(result["models"]["model"], result["models"]["baseline"])
     return result
@@ -425,3 +436,58 @@ def raise_for_gates(rows: List[Dict[str, Any]]) -> None:
         raise QualityGateError("quality gate failed: " + "; ".join(
             f"{r['gate']} {r['limit']:g} ({r['unit']}): measured "
             + ("nothing" if r["value"] is None else f"{r['value']:.4g}") for r in failed))
+
+
+# ------------------------------------------------------------------------------------------------ for people
+def render_bench(result: Dict[str, Any]) -> None:
+    """Rich tables on stderr: per model FLOPs, latency, throughput (median [IQR]); the ratios; gates."""
+    from rich.table import Table
+
+    from .console import console, note
+    from .env import describe
+
+    table = Table(title="bench")
+    for col in ("", "GMACs (fvcore)", "params", "latency ms", "throughput img/s", "top-1"):
+        table.add_column(col, justify="right")
+    for name, m in result["models"].items():
+        lat, thr = m["latency"], m["throughput"]
+        top1 = "-" if m.get("top1") is None else f"{m['top1']:.2f}"
+        table.add_row(name, f"{m['flops']['gmacs']:.5g}", f"{m['params'] / 1e6:.2f}M",
+                      f"{lat['median_ms']:.3f} [{lat['iqr_ms']:.3f}]",
+                      f"{thr['images_per_s']:.1f} [{thr['iqr_ms']:.2f} ms]", top1)
+    console.print(table)
+    s = result["settings"]
+    note(f"batch {s['latency_batch']} latency, batch {s['batch']} throughput; median [IQR] of {s['repeats']} "
+         f"alternating samples after {s['warmup']} warm-up calls")
+    c = result.get("comparison")
+    if c:
+        line = (f"throughput ×{c['throughput_speedup']:.3f}, latency ×{c['latency_speedup']:.3f}; FLOPs ratio "
+                f"{c['flops_ratio']:.3f} (ideal ×{c['ideal_speedup']:.3f}); {c['efficiency']:.1%} of ideal")
+        if c.get("acc_drop") is not None:
+            line += f"; top-1 drop {c['acc_drop']:+.2f} points"
+        console.print(line)
+    for name, m in result["models"].items():
+        if "stages" in m:
+            _render_stages(name, m, console)
+    for g in result.get("gates", []):
+        value = "-" if g["value"] is None else f"{g['value']:.4g}"
+        console.print(f"{g['gate']} {g['limit']:g} ({g['unit']}): {value} → "
+                      + ("[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"))
+    note(describe(result["environment"]))
+
+
+def _render_stages(name: str, m: Dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"where the time goes: {name} (batch {m['throughput']['batch']})")
+    for col in ("block", "tokens", "ms"):
+        table.add_column(col, justify="right")
+    for r in m["stages"]:
+        table.add_row(r["module"], "-" if r["tokens"] is None else str(r["tokens"]), f"{r['ms']:.3f}")
+    console.print(table)
+    ops = Table(title=f"{m['ops']['timer']} by category: {name}")
+    for col in ("category", "ms", "share"):
+        ops.add_column(col, justify="right")
+    for cat, v in m["ops"]["categories"].items():
+        ops.add_row(cat, f"{v['ms']:.3f}", f"{v['share']:.1%}")
+    console.print(ops)

@@ -11,9 +11,9 @@ from rich.text import Text
 console = Console(stderr=True, highlight=False)
 
 
-def error(message: str) -> None:
-    """One red line; the message is printed literally (no markup) and never wrapped."""
-    console.print(Text("error: ", style="bold red") + Text(message, style="red"), soft_wrap=True)
+def error(message: str, label: str = "error") -> None:
+    """One red line, `label: message`; the message is printed literally (no markup) and never wrapped."""
+    console.print(Text(f"{label}: ", style="bold red") + Text(message, style="red"), soft_wrap=True)
 
 
 def note(message: str) -> None:

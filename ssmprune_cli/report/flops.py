@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -142,9 +143,9 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
 
     The scan's values do not change any count (token counts are fixed by the schedule), so by default the traced
     scan only produces a tensor of the right shape; `compute_scan=True` runs it for real."""
-    from fvcore.nn import FlopCountAnalysis  # imported here: `import ssmprune_cli` stays light
-
     from ssmprune_cli.ops.selective_scan import traced_scan_shapes_only
+
+    FlopCountAnalysis = _fvcore_analysis()
 
     x = example_input(model, batch, seed) if inputs is None else inputs
     batch = x.shape[0]
@@ -177,6 +178,15 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
         batch=batch,
         dropped={k: NOT_COUNTED[k] for k in sorted(seen)},
     )
+
+
+def _fvcore_analysis():
+    """fvcore's FlopCountAnalysis, imported here so `import ssmprune_cli` stays light; fvcore.nn scripts a few
+    losses at import, which newer torch reports as deprecated: not our users' concern."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
+    return FlopCountAnalysis
 
 
 def _recorder(name: str, seen: Counter) -> Callable[[List[Any], List[Any]], Counter]:
@@ -239,10 +249,54 @@ def flops_table_rows(fc: FlopCount) -> List[Tuple[str, str, str, str]]:
     """(block, tokens, fvcore GMACs, analytic GMACs) rows, consecutive equal rows merged (for people)."""
     rows: List[Tuple[str, str, str, str]] = []
     for b in fc.blocks:
-        row = (str(b["tokens"]), f"{b['macs'] / 1e9:.4f}", f"{b['analytic_macs'] / 1e9:.4f}")
+        row = (str(b["tokens"]), f"{b['macs'] / 1e9:.5g}", f"{b['analytic_macs'] / 1e9:.5g}")
         if rows and rows[-1][1:] == row and re.fullmatch(r"\d+(–\d+)?", rows[-1][0]):
             first = rows[-1][0].split("–")[0]
             rows[-1] = (f"{first}–{b['block']}",) + row
         else:
             rows.append((str(b["block"]),) + row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------- analyze
+def analyze_flops(loaded) -> Dict[str, Any]:
+    """`analyze`'s FLOPs: the file's model and, for a pruned file, its dense model too."""
+    model = loaded.model
+    fc = count_flops(model)
+    doc: Dict[str, Any] = {"model": fc.to_dict()}
+    core, points, _ = core_and_points(model)
+    if points:
+        dense = count_flops(core)
+        doc["dense"] = dense.to_dict()
+        doc["reduction"] = 1.0 - fc.macs / dense.macs
+    return doc
+
+
+def render_flops(doc: Dict[str, Any]) -> None:
+    """Rich tables on stderr: totals, the ops not counted, per-block counts beside the analytic model."""
+    from rich.table import Table
+
+    from .console import console, note
+
+    fc = doc["model"]
+    head = Table(show_header=False, title=f"FLOPs, {fc['convention']}")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("model", f"{fc['gmacs']:.5g}")
+    if "dense" in doc:
+        head.add_row("dense", f"{doc['dense']['gmacs']:.5g}")
+        head.add_row("reduction", f"{doc['reduction']:.2%}")
+    head.add_row("analytic cost model", f"{fc['analytic_gmacs']:.5g} (fvcore {fc['agreement']:+.3%})")
+    for op, v in fc["by_operator"].items():
+        head.add_row(f"  {op}", f"{v / 1e9:.5g}")
+    head.add_row("not counted", ", ".join(k.split("::")[-1] for k in fc["not_counted"]) or "-")
+    head.add_row("could not count", ", ".join(fc["unsupported"]) or "none")
+    console.print(head)
+    table = Table(title="GMACs per block")
+    for col in ("block", "tokens", "fvcore", "analytic"):
+        table.add_column(col, justify="right")
+    for row in flops_table_rows(FlopCount(**{k: fc[k] for k in (
+            "macs", "analytic_macs", "by_operator", "by_module", "blocks", "unsupported", "not_counted")})):
+        table.add_row(*row)
+    console.print(table)
+    note(fc["note"])

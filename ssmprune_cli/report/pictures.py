@@ -117,7 +117,7 @@ def importance_statistics(model: nn.Module, batches: Iterable[Tensor], sites: Op
         for i, r in enumerate(rows):
             s = _patch_scores(r)
             a = acc.setdefault(r.site, {"mean": 0.0, "cv": 0.0, "top25_mass": 0.0, "top50_mass": 0.0,
-                                        "rank_corr_next": 0.0, "tokens": r.length, "n_corr": 0})
+                                        "rank_corr_next": 0.0, "tokens": r.positions.shape[1], "n_corr": 0})
             if r.site not in order:
                 order.append(r.site)
             a["mean"] += float(s.mean(dim=1).sum())
@@ -125,7 +125,8 @@ def importance_statistics(model: nn.Module, batches: Iterable[Tensor], sites: Op
             a["top25_mass"] += float(_top_mass(s, 0.25).sum())
             a["top50_mass"] += float(_top_mass(s, 0.5).sum())
             if i + 1 < len(rows) and rows[i + 1].length == r.length:
-                a["rank_corr_next"] += float(_spearman(s, _patch_scores(rows[i + 1])).sum())
+                prev, nxt = _common_scores(r, rows[i + 1])
+                a["rank_corr_next"] += float(_spearman(prev, nxt).sum())
                 a["n_corr"] += x.shape[0]
         if progress is not None:
             progress(x.shape[0])
@@ -143,6 +144,15 @@ def _patch_scores(r: SiteScores) -> Tensor:
     """(b, P) scores of the patch tokens present, in position order (protected tokens dropped)."""
     keep = patch_index(r.positions, r.protected) >= 0
     return r.scores[keep].view(r.scores.shape[0], -1).double()
+
+
+def _common_scores(r: SiteScores, nxt: SiteScores) -> Tuple[Tensor, Tensor]:
+    """Scores at both sites of the patch tokens present at the later one (a subset of the earlier one's)."""
+    at = torch.searchsorted(r.positions.contiguous(), nxt.positions.contiguous())
+    prev = r.scores.gather(1, at)
+    keep = patch_index(nxt.positions, nxt.protected) >= 0
+    b = nxt.scores.shape[0]
+    return prev[keep].view(b, -1).double(), nxt.scores[keep].view(b, -1).double()
 
 
 def _top_mass(s: Tensor, frac: float) -> Tensor:
@@ -344,3 +354,37 @@ def _nice_ceiling(v: float) -> float:
         if m * e >= v:
             return m * e
     return 10 * e
+
+
+# ----------------------------------------------------------------------------------------------- analyze --calib
+def calib_importance(model: nn.Module, calib_dir: Path, images: int = 64, batch_size: int = 32,
+                     device: Optional[torch.device] = None, seed: int = 0) -> Dict[str, Any]:
+    """`analyze --calib`: token-importance statistics per site over up to `images` calibration images."""
+    from ssmprune_cli.data.images import find_images, iter_batches, model_input_spec
+
+    from .progress import progress_bar
+
+    core = getattr(model, "model", model)
+    found = find_images(calib_dir, limit=images, seed=seed)
+    size, mean, std = model_input_spec(core)
+    ref = next(model.parameters())
+    device = ref.device if device is None else device
+    batches = (x for x, _ in iter_batches(found, batch_size, size, mean, std, device=device, dtype=ref.dtype))
+    with progress_bar("token scores", len(found)) as advance:
+        rows = importance_statistics(model, batches, progress=advance)
+    return {"images": len(found), "score": _score_name(model), "sites": rows}
+
+
+def render_importance_stats(doc: Dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from .console import console
+
+    table = Table(title=f"token importance ({doc['score']} score, {doc['images']} images)")
+    for col in ("site", "tokens", "mean", "cv", "top 25% mass", "top 50% mass", "rank corr. next"):
+        table.add_column(col, justify="right")
+    for r in doc["sites"]:
+        corr = "-" if r["rank_corr_next"] is None else f"{r['rank_corr_next']:.3f}"
+        table.add_row(r["site"], str(r["tokens"]), f"{r['mean']:.4g}", f"{r['cv']:.3f}", f"{r['top25_mass']:.1%}",
+                      f"{r['top50_mass']:.1%}", corr)
+    console.print(table)

@@ -31,6 +31,12 @@ def official_layout(family: str, sd: dict) -> object:
 
 
 @pytest.fixture
+def random_model():
+    """random_model(name) → the registered variant with fresh random weights, in eval mode."""
+    return lambda name: _randomize(create_model(name))
+
+
+@pytest.fixture
 def make_official(tmp_path):
     """make_official(family) → (path of an official-layout .pth, the dense model whose weights it holds)."""
 
