@@ -28,7 +28,7 @@ from ssmprune_cli.data.tensor_data import TensorImages, batches, normalise  # no
 from ssmprune_cli.io.safetensors_io import save_model  # noqa: E402
 from ssmprune_cli.models import create_model  # noqa: E402
 from ssmprune_cli.pruning.calibrate import measure_delta_hat  # noqa: E402
-from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, dense_macs, keep_from_rates,  # noqa: E402
+from ssmprune_cli.pruning.plan import (PruningSpec, dense_macs, keep_from_rates,  # noqa: E402
                                        resolve_fills, schedule_macs, solve_ratio)
 from ssmprune_cli.pruning.pruned_model import PrunedModel  # noqa: E402
 from ssmprune_cli.train.finetune import TrainConfig, accuracy, train  # noqa: E402
@@ -101,12 +101,14 @@ def study(family, train_set, test, device, args, out: Path):
     torch.manual_seed(0)
     model = MODELS[family]().to(device)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.05,
-                      warmup_steps=200, label_smoothing=0.1, distill_alpha=0.0, bf16=device.type == "cuda")
+                      warmup_steps=100, label_smoothing=0.1, distill_alpha=0.0, bf16=device.type == "cuda",
+                      max_seconds=args.train_seconds)
     t0 = time.perf_counter()
     summary = train(model, train_set, cfg, CIFAR_MEAN, CIFAR_STD)
     model.eval()
     dense = evaluate(model, test)
-    print(f"[{family}] trained {args.epochs} epochs in {time.perf_counter() - t0:.0f}s: top-1 {dense:.2f}",
+    print(f"[{family}] trained {summary['steps']} steps ({summary['steps'] * args.batch_size / len(train_set):.1f} "
+          f"epochs) in {time.perf_counter() - t0:.0f}s: top-1 {dense:.2f}",
           flush=True)
     save_model(model.float().cpu(), out / f"{family}_cifar10.safetensors")
     model.to(device)
@@ -153,6 +155,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--train-seconds", type=float, default=0.0, help="wall-clock budget per model (0: none)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--latency-batch", type=int, default=1, help="= --batch: one compile per model with --compile")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--compile", action="store_true")
@@ -67,7 +68,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    settings = BenchSettings(device=str(device), dtype=args.dtype, batch=args.batch, repeats=args.repeats,
+    settings = BenchSettings(device=str(device), dtype=args.dtype, batch=args.batch,
+                             latency_batch=args.latency_batch, repeats=args.repeats,
                              warmup=args.warmup, compile=args.compile, stages=args.stages)
     results = {}
     for case in args.cases:

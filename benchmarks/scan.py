@@ -120,6 +120,18 @@ def kernel_time(fn, name, iters=20):
     return statistics.median(times) * 1e-6 if times else float("nan")
 
 
+def host_time(fn, n=40):
+    """Seconds of CPU time to enqueue one call (no synchronisation inside the loop)."""
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t) / n
+    torch.cuda.synchronize()
+    return host
+
+
 def copy_bandwidth():
     src = torch.randn(1 << 29, device="cuda")  # 2 GiB
     dst = torch.empty_like(src)
@@ -149,7 +161,7 @@ def timings(shape, dname, copy_bw, with_reference=True):
     def fwd_bwd():
         return torch.autograd.grad(selective_scan_triton(*leaves), grad_in, g)
 
-    r = {"fwd": bench(fwd), "fwd_bwd": bench(fwd_bwd),
+    r = {"fwd": bench(fwd), "fwd_bwd": bench(fwd_bwd), "fwd_host": host_time(fwd),
          "fwd_kernel": kernel_time(fwd, "_fwd_kernel"), "bwd_kernel": kernel_time(fwd_bwd, "_bwd_kernel"),
          "fwd_save_kernel": kernel_time(fwd_bwd, "_fwd_kernel")}
     fb, bb = notes_bytes(shape, 2 if dname == "bf16" else 4)
@@ -251,10 +263,10 @@ def main():
             print(f"variant {k:16s} {v * 1e6:8.1f} us")
     if a.json:
         a.json.write_text(json.dumps(rec, indent=1))
-    print(f"\n{'shape dtype':22s} {'fwd us':>8s} {'kern':>7s} {'%copy':>6s} {'%exp':>5s} {'exp=fma':>7s} "
+    print(f"\n{'shape dtype':22s} {'host':>5s} {'fwd us':>8s} {'kern':>7s} {'%copy':>6s} {'%exp':>5s} {'exp=fma':>7s} "
           f"{'bwd kern':>8s} {'%copy':>6s} {'f+b us':>8s} {'x ref f':>7s} {'x ref f+b':>9s}")
     for k, r in rec["timings"].items():
-        print(f"{k:22s} {r['fwd'] * 1e6:8.1f} {r['fwd_kernel'] * 1e6:7.1f} {100 * r['fwd_bw_frac']:6.1f} "
+        print(f"{k:22s} {r['fwd_host'] * 1e6:5.0f} {r['fwd'] * 1e6:8.1f} {r['fwd_kernel'] * 1e6:7.1f} {100 * r['fwd_bw_frac']:6.1f} "
               f"{100 * r['fwd_exp_frac']:5.1f} {r['fwd_kernel_exp_as_fma'] * 1e6:7.1f} "
               f"{r['bwd_kernel'] * 1e6:8.1f} {100 * r['bwd_bw_frac']:6.1f} {r['fwd_bwd'] * 1e6:8.1f} "
               f"{r.get('speedup_fwd', float('nan')):7.1f} {r.get('speedup_fwd_bwd', float('nan')):9.1f}")

@@ -257,6 +257,14 @@ def prune(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
                                                   "available).")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
+                                                "and the pruned model in the report.")] = None,
+    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images.")
+                         ] = None,
+    max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: exit 3 when the pruned model "
+                                                       "costs more GMACs (fvcore).")] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: exit 3 when top-1 drops "
+                                                          "by more points (needs --val).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
     family: FamilyOpt = None,
     img_size: ImgSizeOpt = None,
@@ -267,7 +275,7 @@ def prune(
     """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
     config.json, recipe.yaml, report.json, report.md) to OUT."""
     from ssmprune_cli.assets import demo_checkpoint
-    from ssmprune_cli.pipeline import PruneRequest, run_prune
+    from ssmprune_cli.pipeline import PruneRequest, raise_for_gates, run_prune
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
@@ -277,14 +285,16 @@ def prune(
     req = PruneRequest(checkpoint=ckpt, out=out, ratio=ratio, keep=_numbers(keep, "--keep"), at=_csv(at),
                        recipe=recipe, calib=calib, calib_images=calib_images, batch_size=batch_size, score=score,
                        align=align, conv_fill=conv_fill, delta_fill=delta_fill, split=split, auto=auto,
-                       seed=seed, force=force, device=device,
+                       seed=seed, force=force, device=device, val=val, val_limit=val_limit,
+                       max_flops=max_flops, max_acc_drop=max_acc_drop,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
                                      "img_size": img_size})
     report = run_prune(req)
     if as_json:
         emit_json(report)
-        return
-    _render_prune(report, out)
+    else:
+        _render_prune(report, out)
+    raise_for_gates(report["gates"])  # after the outputs: a missed gate still leaves them for inspection
 
 
 def _render_prune(r: Dict[str, Any], out: Path) -> None:
@@ -295,9 +305,12 @@ def _render_prune(r: Dict[str, Any], out: Path) -> None:
     for s in r["schedule"]:
         table.add_row(s["site"], str(s["before"]), str(s["keep"]))
     console.print(table)
-    line = (f"{f['convention'].split(' (')[0]}: {f['dense_gmacs']:.4f} → {f['pruned_gmacs']:.4f} "
+    line = (f"{f['convention'].split(':')[0]}: {f['dense_gmacs']:.4f} → {f['pruned_gmacs']:.4f} "
             f"([bold]{f['reduction']:.1%}[/] fewer)")
     console.print(line)
+    acc = r.get("accuracy")
+    if acc:
+        console.print(f"top-1 on {acc['images']} images: dense {acc['baseline_top1']:.2f}, pruned {acc['top1']:.2f}")
     agree = r["calibration"].get("agreement_with_dense")
     if agree is not None:
         console.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")

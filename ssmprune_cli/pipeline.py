@@ -9,24 +9,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
 from torch import nn
 
-import ssmprune_cli
 from ssmprune_cli.data.images import ImageSet, find_images, iter_batches, model_input_spec
-from ssmprune_cli.errors import BadInputError, DataError, RecipeError
+from ssmprune_cli.errors import BadInputError, DataError, QualityGateError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, dense_macs, is_two_d, keep_from_rates,
-                                       resolve_fills, schedule_macs, solve_ratio, tokens_per_block,
-                                       validate_points)
+from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, is_two_d, keep_from_rates,
+                                       resolve_fills, schedule_macs, solve_ratio, validate_points)
 from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
 
@@ -63,6 +62,10 @@ class PruneRequest:
     seed: Optional[int] = None
     force: bool = False
     device: Optional[str] = None
+    val: Optional[Path] = None            # labelled images: top-1 of dense and pruned in the report
+    val_limit: Optional[int] = None
+    max_flops: Optional[float] = None     # gates (exit 3 after the outputs are written)
+    max_acc_drop: Optional[float] = None
     load_options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,11 +198,50 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
         dense_pred = predictions(model, hold_set, int(calib["batch_size"]), device, dtype, "dense predictions")
         pruned_pred = predictions(pruned, hold_set, int(calib["batch_size"]), device, dtype, "pruned predictions")
         agreement = float((dense_pred == pruned_pred).float().mean())
+    accuracy = None
+    if req.val is not None:
+        accuracy = measure_accuracy(model, pruned, req.val, req.val_limit, int(calib["batch_size"]), device,
+                                    dtype, seed)
+    elif req.max_acc_drop is not None:
+        raise BadInputError("--max-acc-drop needs --val (labelled images)")
     report = build_prune_report(loaded, model, spec, recipe, calib_images=len(cal_set) if cal_set else 0,
                                 holdout_images=len(hold_set) if hold_set else 0, agreement=agreement,
-                                auto=auto_result)
-    write_outputs(out, req, loaded, pruned, spec, recipe, report)
+                                auto=auto_result, pruned_model=pruned, accuracy=accuracy)
+    report["gates"] = prune_gates(report, req)
+    write_outputs(out, req, loaded, pruned, spec, recipe, report, cal_set)
     return report
+
+
+def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype, seed) -> Dict[str, Any]:
+    images = find_images(val_dir, limit=limit, seed=seed)
+    if any(lbl < 0 for lbl in images.labels):
+        raise DataError(f"--val {val_dir} has no class folders: top-1 needs labelled images (ImageFolder)")
+    labels = torch.tensor(images.labels)
+    dense = predictions(model, images, batch_size, device, dtype, "dense top-1")
+    ours = predictions(pruned, images, batch_size, device, dtype, "pruned top-1")
+    return {"images": len(images), "baseline_top1": float((dense == labels).float().mean()) * 100,
+            "top1": float((ours == labels).float().mean()) * 100}
+
+
+def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any]]:
+    """--max-flops (pruned GMACs, fvcore) and --max-acc-drop (top-1 points, needs --val)."""
+    gates = []
+    if req.max_flops is not None:
+        value = report["flops"]["pruned_gmacs"]
+        gates.append({"gate": "max-flops", "limit": req.max_flops, "value": value, "passed": value <= req.max_flops})
+    if req.max_acc_drop is not None:
+        acc = report["accuracy"]
+        value = acc["baseline_top1"] - acc["top1"]
+        gates.append({"gate": "max-acc-drop", "limit": req.max_acc_drop, "value": value,
+                      "passed": value <= req.max_acc_drop})
+    return gates
+
+
+def raise_for_gates(gates: Sequence[Dict[str, Any]]) -> None:
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        raise QualityGateError("; ".join(f"gate --{g['gate']} missed: {g['value']:.4g} (limit {g['limit']:g})"
+                                         for g in failed))
 
 
 def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):
@@ -237,7 +279,7 @@ def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, d
 
 
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
-                  recipe: Dict[str, Any], report: Dict[str, Any]) -> None:
+                  recipe: Dict[str, Any], report: Dict[str, Any], cal_set: Optional[ImageSet] = None) -> None:
     """Everything goes to a temporary folder beside OUT, then one rename: no partial output."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -251,6 +293,9 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(render_prune_markdown(report))
+        render_tokens_plot(report["tokens_per_block"], tmp / "tokens.png")
+        if cal_set is not None and len(cal_set):
+            render_importance(pruned, cal_set.paths[:4], tmp / "importance.png")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             old.rmdir()

@@ -11,6 +11,7 @@ import contextlib
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 import triton
 from torch import Tensor
 
@@ -19,10 +20,10 @@ from ssmprune_cli.errors import BadInputError
 from . import SCAN_FUNCTION_NAME  # noqa: F401  (the class name below must match it)
 from . import selective_scan_kernels as K
 
-# Launch shapes: channels per program and warps. Each thread holds 4 states x (BE / (8 warps)) channels; the loops
-# are latency-bound, so small blocks (many programs in flight) win. The backward runs in one warp, so its per-step
-# sums over channels need no shared memory. benchmarks/scan.py --variants compares others.
-LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 64, "num_warps": 4}, "bwd": {"BE": 8, "num_warps": 1}}
+# Launch shapes: channels per program and warps. Each thread holds 4 states x BE/(8*warps) channels. The loops are
+# latency-bound, so one-warp programs (more of them in flight, channel sums without shared memory) measured fastest
+# on the H200 (docs/benchmarks.md); benchmarks/scan.py --variants compares others.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 16, "num_warps": 1}, "bwd": {"BE": 16, "num_warps": 1}}
 
 _TILE = 8  # the forward's steps per tile; B and C copies are padded to a multiple of it
 
@@ -47,13 +48,11 @@ def _padded_states(N: int) -> int:
 
 def _bc_copies(B: Tensor, C: Tensor, B_bias: Optional[Tensor], NP: int, Lp: int) -> Tuple[Tensor, Tensor]:
     """(b, Lp, NP) float32 copies of B + B_bias and C, zero-padded: one 16-byte row per step and state block."""
-    b, n, l = B.shape
+    n, l = int(B.shape[1]), int(B.shape[2])
     Bs = B.float() if B_bias is None else B.float() + B_bias.float()
-    Bt = B.new_zeros((b, Lp, NP), dtype=torch.float32)
-    Ct = B.new_zeros((b, Lp, NP), dtype=torch.float32)
-    Bt[:, :l, :n] = Bs.transpose(1, 2)
-    Ct[:, :l, :n] = C.float().transpose(1, 2)
-    return Bt, Ct
+    pad = (0, NP - n, 0, Lp - l)
+    # contiguous(): with nothing to pad, F.pad hands back the transposed view itself
+    return F.pad(Bs.transpose(1, 2), pad).contiguous(), F.pad(C.float().transpose(1, 2), pad).contiguous()
 
 
 def _flags(D, z, delta_bias, delta_softplus, gap, delta_fill) -> Dict[str, bool]:
@@ -75,8 +74,7 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta = _rows(u), _rows(delta)
         z = None if z is None else _rows(z)
         gap = None if gap is None else _rows(gap)
-        A2 = A.new_zeros((e, NP), dtype=torch.float32)
-        A2[:, :N] = A.detach().float() * K.LOG2E
+        A2 = F.pad(A.detach().float() * K.LOG2E, (0, NP - N)).contiguous()
         Bt, Ct = _bc_copies(B.detach(), C.detach(), None if B_bias is None else B_bias.detach(), NP, Lp)
         Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
         flags = _flags(D, z, delta_bias, delta_softplus, gap, delta_fill)

@@ -437,9 +437,8 @@ def _layer_macs(layer: GroupMambaLayer, L: int) -> Tuple[int, int]:
     for g in layer.groups():
         d, E, N, R = g.in_proj.in_features, g.Ds.shape[0], g.d_state, g.dt_rank
         per += d * 2 * E + E * (R + 2 * N) + R * E + E * d      # in_proj, x_proj, dt_proj, out_proj
-        # one scan direction: 9·E·N + E for D; the z gate is outside the scan (after out_norm), an elementwise
-        # product left uncounted like the official flops_selective_scan_fn(with_Z=False) and report/flops.py
-        per += 9 * E * N + E
+        # one scan direction, DESIGN 3's convention: 9·E·N + 2·E per token (D skip and z gate)
+        per += 9 * E * N + 2 * E
         fixed += g.conv2d.kernel_size[0] * g.conv2d.kernel_size[1] * E * L
     return per, fixed
 

@@ -399,7 +399,7 @@ class PlainMamba(PrunableModel):
         c = self.cfg
         H, W = self.grid
         L, D, E, N, R, k = H * W, c.embed_dim, c.d_inner, c.d_state, c.dt_rank, c.conv_size
-        per_token = 2 * D * E + E * D + N_DIRECTIONS * (9 * E * N + E)
+        per_token = 2 * D * E + E * D + N_DIRECTIONS * (9 * E * N + 2 * E)  # DESIGN 3 scan convention
         fixed = L * (E * k * k + E * (R + 2 * N) + R * E)
         return [{"site": str(i + 1), "stage": 0, "tokens": L, "per_token": per_token,
                  "fixed": fixed + (L * D * 9 if i in c.layers_with_dwconv else 0)} for i in range(c.depth)]

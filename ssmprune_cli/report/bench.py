@@ -199,12 +199,15 @@ CATEGORIES = (("scan", ("scan",)), ("matmul", ("mm", "gemm", "matmul", "linear",
               ("conv", ("conv", "cudnn")),
               ("pruning / index", ("gather", "scatter", "index", "topk", "sort", "cdist", "cummax", "cummin",
                                    "argmin", "where", "masked")),
+              ("copies (casts, cat, flip)", ("copy", "cat", "flip", "clone", "contiguous")),
               ("norm", ("norm",)))
 
 
 def op_breakdown(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.device, calls: int = 3,
                  top: int = 12) -> Dict[str, Any]:
-    """Self time per op (torch.profiler; device time on the GPU), per call, grouped into categories."""
+    """Self time per op (torch.profiler; on the GPU the device time of the kernels each op launched, kernels
+    themselves not listed again), per call, grouped into categories."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -217,6 +220,8 @@ def op_breakdown(model: nn.Module, x: Tensor, settings: BenchSettings, device: t
             _sync(device)
     rows = []
     for ev in prof.key_averages():
+        if getattr(ev, "device_type", DeviceType.CPU) != DeviceType.CPU:
+            continue  # a kernel: its time is already its launching op's self device time
         t = _self_time(ev, device)
         if t > 0:
             rows.append({"op": ev.key, "ms": t / 1e3 / calls, "count": ev.count // calls})

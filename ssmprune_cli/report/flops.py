@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 
 CONVENTION = "GMACs (fvcore)"
-CONVENTION_NOTE = ("fvcore counts 1 multiply-add as 1; scan 9·B·L·E·N + B·L·E (D) + B·L·E (z gate, when "
-                   "inside the scan) per direction; norms, activations, elementwise ops and pruning "
+CONVENTION_NOTE = ("fvcore counts 1 multiply-add as 1; scan 9·B·L·E·N + 2·B·L·E per direction (DESIGN 3); norms, activations, elementwise ops and pruning "
                    "bookkeeping not counted")
 SCAN_OP = "prim::PythonOp.TracedScan"
 
@@ -50,20 +49,18 @@ def scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     absent tensor being empty. u: (b, E, L), A: (E, N)."""
     b, e, l = _shape(inputs[0])
     n = _shape(inputs[2])[1]
-    has_d, has_z = _present(inputs[5]), _present(inputs[6])
-    return Counter({"selective_scan": b * l * e * (9 * n + has_d + has_z)})
+    # DESIGN 3, the Mamba authors' convention: 9·B·L·E·N + 2·B·L·E per scan call (direction), whether the
+    # D skip and the z gate happen inside the scan or next to it, so every family is counted alike.
+    return Counter({"selective_scan": b * l * e * (9 * n + 2)})
 
 
 def kernel_scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     """Handle for a scan kernel's own autograd Function, should one be traced directly (the dispatcher wraps it
-    in `TracedScan`, so normally it is not). Inputs are only the tensors given, so D and z are told by shape:
-    z is a third (b, E, L) tensor after u and delta; D any (E,) vector (a delta_bias alone would count too)."""
+    in `TracedScan`, so normally it is not). Same convention as `scan_flop_jit`."""
     shapes = [tuple(s) for s in (_shape(v) for v in inputs) if s is not None]
     b, e, l = shapes[0]
     n = shapes[2][1]
-    has_z = sum(s == (b, e, l) for s in shapes) >= 3
-    has_d = any(s == (e,) for s in shapes)
-    return Counter({"selective_scan": b * l * e * (9 * n + has_d + has_z)})
+    return Counter({"selective_scan": b * l * e * (9 * n + 2)})
 
 
 def _shape(value: Any) -> Optional[Tuple[int, ...]]:

@@ -37,7 +37,7 @@ class TrainConfig:
     bf16: bool = True            # autocast on CUDA; ignored on CPU
     augment: bool = True
     seed: int = 0
-    eval_every: int = 0          # steps; 0 = at the end of each epoch
+    max_seconds: float = 0.0     # > 0: shorten the schedule to fit this wall-clock budget
 
 
 def _world() -> tuple:
@@ -122,7 +122,7 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
     if teacher is not None:
         teacher.eval()
     model.train()
-    t0 = time.perf_counter()
+    t0 = t10 = time.perf_counter()
     history = []
     while step < total:
         for x, y in batches(data, cfg.batch_size, gen, drop_last=True):
@@ -146,14 +146,20 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
+            if cfg.max_seconds > 0 and step == 10:
+                t10 = time.perf_counter()  # steps 10-30 time the steady state (no compile or autotune)
+            if cfg.max_seconds > 0 and step == 30:
+                per_step = (time.perf_counter() - t10) / 20
+                spent = time.perf_counter() - t0
+                total = max(step + 1, min(total, step + int((cfg.max_seconds - spent) / per_step)))
             if on_step is not None:
-                on_step(step, total, float(loss))
+                on_step(step, total, float(loss.detach()))
             if step % steps_per_epoch == 0 or step == total:
-                entry = {"step": step, "loss": float(loss), "seconds": time.perf_counter() - t0}
+                entry = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
                 if val_data is not None and rank == 0:
                     entry["val_top1"] = accuracy(model, val_data, mean, std)
                 history.append(entry)
-                log.info("step %d/%d loss %.4f %s", step, total, float(loss),
+                log.info("step %d/%d loss %.4f %s", step, total, entry["loss"],
                          f"val {entry.get('val_top1', float('nan')):.2f}")
                 if checkpoint is not None and rank == 0:
                     tmp = Path(str(checkpoint) + ".tmp")

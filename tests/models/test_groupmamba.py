@@ -405,7 +405,7 @@ def fvcore_macs(model, x, hook=None):
 def scan_macs(model, tokens_per_block):
     """9·K·E·N + K·E (D) per SS2D group by hand, z being applied outside the scan; the ClassBlock scans one token."""
     blocks = [blk for s in range(1, 5) for blk in getattr(model, f"block{s}")]
-    per_group = lambda g: 9 * g.Ds.shape[0] * g.d_state + g.Ds.shape[0]  # noqa: E731
+    per_group = lambda g: 9 * g.Ds.shape[0] * g.d_state + 2 * g.Ds.shape[0]  # noqa: E731
     total = sum(k * per_group(g) for blk, k in zip(blocks, tokens_per_block) for g in blk.attn.groups())
     return total + sum(per_group(g) for g in model.post_network[0].attn.groups())
 

@@ -236,7 +236,7 @@ def test_published_sizes(name, published, derived, gmacs, keys):
     assert m.prune_sites() == [str(i + 1) for i in range(m.cfg.depth)]
     assert all(m.site_tokens(s) == (L, (14, 14), []) for s in m.prune_sites())
     total = m.fixed_macs() + sum(c["fixed"] + c["tokens"] * c["per_token"] for c in m.block_costs())
-    assert round(total / 1e9, 1) == gmacs
+    assert abs(total / 1e9 - gmacs) / gmacs < 0.01  # published 3.0 / 8.1 / 14.4 G (issue: within 3 %)
 
 
 def test_registry_and_token_counts():
@@ -436,7 +436,7 @@ def _fvcore_linear_conv(module, x):
 def test_block_costs_against_fvcore_dense_and_pruned():
     model = randomize(create_model("plainmamba_test"))
     c = model.cfg
-    scan_per_step = 4 * (9 * c.d_inner * c.d_state + c.d_inner)  # four scans with D, gate outside the scan
+    scan_per_step = 4 * (9 * c.d_inner * c.d_state + 2 * c.d_inner)  # four scans, DESIGN 3: 9·E·N + 2·E each
     x = torch.randn(1, 3, 64, 64)
     costs = model.block_costs()
     assert [b["site"] for b in costs] == ["1", "2", "3"] and all(b["tokens"] == 16 for b in costs)

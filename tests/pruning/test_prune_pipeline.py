@@ -39,8 +39,8 @@ def _request(ckpt, out, **kw):
 def test_prune_end_to_end_and_reload(vim_ckpt, cifar_test_dir, tmp_path, ratio):
     out = tmp_path / "out"
     report = run_prune(_request(vim_ckpt, out, ratio=ratio, calib=cifar_test_dir))
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "recipe.yaml",
-                                                    "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "importance.png", "model.safetensors",
+                                                    "recipe.yaml", "report.json", "report.md", "tokens.png"]
     assert report["flops"]["reduction"] >= ratio - 1e-9
     assert json.loads((out / "report.json").read_text())["pruning"] == report["pruning"]
     resolved = yaml.safe_load((out / "recipe.yaml").read_text())

@@ -1,0 +1,142 @@
+"""bench: timing statistics, alternating samples, dense against pruned in one run, gates, and the CLI command."""
+
+import json
+import statistics
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from ssmprune_cli.cli import app
+from ssmprune_cli.errors import BadInputError, QualityGateError
+from ssmprune_cli.io.safetensors_io import save_model
+from ssmprune_cli.models import create_model
+from ssmprune_cli.pruning.plan import PruningSpec, keep_from_rates, schedule_macs
+from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.bench import (BenchSettings, Gates, Timing, bench_models, check_inputs_for_gates,
+                                       evaluate_gates, raise_for_gates, time_calls, time_interleaved)
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
+
+def test_timing_quartiles_match_numpy():
+    data = list(np.random.default_rng(3).exponential(0.01, size=17))
+    t = Timing(batch=8, seconds=data)
+    q1, med, q3 = np.percentile(np.array(data, dtype=np.float64), [25, 50, 75])
+    d = t.to_dict()
+    assert d["median_ms"] == pytest.approx(med * 1e3)
+    assert d["iqr_ms"] == pytest.approx((q3 - q1) * 1e3)
+    assert d["images_per_s"] == pytest.approx(8 / med)
+    assert Timing(1, [0.5]).quartiles() == (0.5, 0.5, 0.5)
+
+
+def test_time_calls_measures_per_call():
+    assert time_calls(lambda: time.sleep(0.01), 3, CPU) == pytest.approx(0.01, abs=0.008)
+
+
+class _Recorder(nn.Module):
+    """Records its name at each call; sleeps so that one call lasts about `seconds`."""
+
+    def __init__(self, name, log, seconds):
+        super().__init__()
+        self.name, self.log, self.seconds = name, log, seconds
+
+    def forward(self, x):
+        self.log.append(self.name)
+        time.sleep(self.seconds)
+        return x
+
+
+def test_samples_alternate_and_repeat_to_the_minimum_sample_time():
+    log = []
+    models = {"a": _Recorder("a", log, 0.002), "b": _Recorder("b", log, 0.012)}
+    s = BenchSettings(warmup=1, repeats=4, min_sample_s=0.02)
+    timings, peak = time_interleaved(models, torch.zeros(2), s, CPU)
+    assert peak == {"a": None, "b": None}
+    ca, cb = timings["a"].calls_per_sample, timings["b"].calls_per_sample
+    assert ca > cb >= 2  # the short call is repeated more often to fill a sample
+    warm = ["a", "a", "b", "b"]  # each model: one warm-up call, one call to size the samples
+    n = {"a": ca, "b": cb}
+    order = ["a", "b", "b", "a", "a", "b", "b", "a"]  # A B, B A, A B, B A
+    assert log == warm + [k for name in order for k in [name] * n[name]]
+    assert len(timings["a"].seconds) == len(timings["b"].seconds) == 4
+    assert statistics.median(timings["b"].seconds) > statistics.median(timings["a"].seconds)
+
+
+def _pair(name="vim_test"):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    dense = create_model(name).eval()
+    dense.load_state_dict(model.state_dict())
+    points = keep_from_rates(model, model.prune_sites()[:2], [0.5, 0.5])
+    return dense, PrunedModel(model, PruningSpec(points, delta_fill="bias")).eval()
+
+
+def test_dense_and_pruned_side_by_side():
+    dense, pruned = _pair()
+    s = BenchSettings(batch=2, warmup=1, repeats=2, min_sample_s=0.0, stages=True)
+    r = bench_models({"model": pruned, "baseline": dense}, s, CPU)
+    m, b, c = r["models"]["model"], r["models"]["baseline"], r["comparison"]
+    analytic = schedule_macs(dense, pruned.spec.points) / schedule_macs(dense, [])
+    assert c["flops_ratio"] == pytest.approx(analytic, rel=0.01)
+    assert c["ideal_speedup"] == pytest.approx(1 / c["flops_ratio"])
+    assert c["throughput_speedup"] == pytest.approx(m["throughput"]["images_per_s"] / b["throughput"]["images_per_s"])
+    assert c["efficiency"] == pytest.approx(c["throughput_speedup"] / c["ideal_speedup"])
+    assert m["latency"]["batch"] == 1 and m["throughput"]["batch"] == 2
+    assert m["tokens_per_block"] == [17, 9, 5, 5] and b["tokens_per_block"] == [17] * 4
+    assert len(m["stages"]) == 5 and all(st["ms"] >= 0 for st in m["stages"])
+    assert m["ops"]["categories"] and r["environment"]["device"] == "cpu"
+    json.dumps(r)  # JSON-ready
+
+
+def test_gates_judge_and_raise_with_exit_code_3():
+    result = {"models": {"model": {"flops": {"gmacs": 2.5}}},
+              "comparison": {"throughput_speedup": 1.2, "acc_drop": 0.4}}
+    rows = evaluate_gates(result, Gates(max_flops=3.0, min_speedup=1.3, max_acc_drop=0.5))
+    assert [r["passed"] for r in rows] == [True, False, True]
+    with pytest.raises(QualityGateError) as err:
+        raise_for_gates(rows)
+    assert err.value.exit_code == 3
+    msg = str(err.value)
+    assert "--min-speedup" in msg and "1.2" in msg and "1.3" in msg and "--max-flops" not in msg
+    raise_for_gates(evaluate_gates(result, Gates(max_flops=2.5)))  # at the limit passes
+    with pytest.raises(BadInputError):
+        check_inputs_for_gates(Gates(min_speedup=1.1), has_baseline=False, has_val=False)
+    with pytest.raises(BadInputError):
+        check_inputs_for_gates(Gates(max_acc_drop=1.0), has_baseline=True, has_val=False)
+
+
+@pytest.fixture(scope="module")
+def pruned_file(tmp_path_factory):
+    _, pruned = _pair()
+    return save_model(pruned, tmp_path_factory.mktemp("bench") / "pruned.safetensors")
+
+
+def test_cli_bench_json_and_gate_exit_codes(pruned_file):
+    runner = CliRunner()
+    args = ["bench", str(pruned_file), "--device", "cpu", "--batch", "2", "--warmup", "1", "--repeats", "1",
+            "--json"]
+    res = runner.invoke(app, args + ["--max-flops", "1e-9"])
+    assert res.exit_code == 3, res.output
+    doc = json.loads(res.stdout)
+    assert doc["gates"][0]["gate"] == "--max-flops" and not doc["gates"][0]["passed"]
+    assert doc["comparison"]["flops_ratio"] < 1.0
+    assert "dense, pruning removed" in doc["models"]["baseline"]["source"]
+    res = runner.invoke(app, args + ["--max-flops", "1.0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["gates"][0]["passed"]
+    res = runner.invoke(app, args + ["--max-acc-drop", "1.0"])
+    assert res.exit_code == 2 and "--val" in res.stderr
+
+
+def test_cli_analyze_counts_flops(pruned_file):
+    res = CliRunner().invoke(app, ["analyze", str(pruned_file), "--json"])
+    assert res.exit_code == 0, res.output
+    f = json.loads(res.stdout)["flops"]
+    assert f["model"]["unsupported"] == {} and f["dense"]["unsupported"] == {}
+    assert f["reduction"] == pytest.approx(1 - f["model"]["macs"] / f["dense"]["macs"])
+    assert f["model"]["agreement"] == pytest.approx(0.0, abs=0.01)
