@@ -21,7 +21,7 @@ SCHEMA: Dict[str, Any] = {
     "prune": {
         "at": list,
         "at_fraction": list,
-        "stage": int,
+        "stage": (int, list),
         "keep": list,
         "ratio": float,
         "split": str,
@@ -67,7 +67,8 @@ def _check(node: Dict[str, Any], schema: Dict[str, Any], source: str, path: str)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True
             if not ok:
-                raise RecipeError(f"{source}: '{where}' must be {expected.__name__}, got {value!r}")
+                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                raise RecipeError(f"{source}: '{where}' must be {names}, got {value!r}")
 
 
 def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -119,18 +120,24 @@ def resolve(variant: Optional[str], family: str, user_file=None, overrides: Opti
 
 
 def resolve_sites(model, prune: Dict[str, Any]) -> List[str]:
-    """Prune sites from `at` (names) or `at_fraction` (fractions of the stage's blocks)."""
+    """Prune sites from `at` (names) or `at_fraction` (fractions of the blocks; with `stage`, of that stage's
+    blocks: one stage for every fraction, or a list with one stage per fraction)."""
     if prune.get("at"):
         return [str(s) for s in prune["at"]]
     fractions = prune.get("at_fraction") or []
-    sites = model.prune_sites()
-    if prune.get("stage") is not None:
-        sites = [s for s in sites if s.split(".")[0] == str(prune["stage"])]
-    if not sites:
-        raise RecipeError(f"recipe stage {prune.get('stage')} has no prune points in this model")
+    stages = prune.get("stage")
+    if not isinstance(stages, list):
+        stages = [stages] * len(fractions)
+    if len(stages) != len(fractions):
+        raise RecipeError(f"recipe: {len(stages)} stages for {len(fractions)} at_fraction entries")
     out = []
-    for f in fractions:
+    for f, stage in zip(fractions, stages):
         if not (0.0 < float(f) < 1.0):
             raise RecipeError(f"at_fraction entries must be in (0, 1), got {f}")
-        out.append(sites[max(0, min(len(sites) - 2, round(float(f) * len(sites)) - 1))])
+        sites = model.prune_sites()
+        if stage is not None:
+            sites = [s for s in sites if s.split(".")[0] == str(stage)]
+        if not sites:
+            raise RecipeError(f"recipe stage {stage} has no prune points in this model")
+        out.append(sites[max(0, min(len(sites) - 1, round(float(f) * len(sites)) - 1))])
     return list(dict.fromkeys(out))

@@ -137,3 +137,27 @@ def test_auto_records_candidates(vim_ckpt, cifar_test_dir, tmp_path):
     assert report["pruning"]["conv_fill"] == report["auto"]["chosen"]["conv_fill"]
     assert all(c["macs"] <= 0.6 * report["flops"]["dense_gmacs"] * 1e9 + 1 for c in cands)
     assert "Policy search" in (tmp_path / "auto" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name, wrap, at", [("plainmamba_test", "state_dict", ["1", "2"]),
+                                            ("groupmamba_test", None, ["1.1", "2.1"])])
+def test_prune_other_families_end_to_end(name, wrap, at, cifar_test_dir, tmp_path):
+    """Official layouts of the 2-D families (PlainMamba's mmcv {'state_dict'} with `backbone.`/`head.fc.`
+    keys; GroupMamba's bare EMA dict), real calibration images, outputs that reload alone."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    sd = model.state_dict()
+    if name.startswith("plainmamba"):
+        sd = {("head.fc." + k[5:]) if k.startswith("head.") else "backbone." + k: v for k, v in sd.items()}
+    path = tmp_path / f"{name}.pth"
+    torch.save({wrap: sd} if wrap else sd, path)
+    out = tmp_path / "out"
+    report = run_prune(_request(path, out, keep=[0.6, 0.6], at=at, calib=cifar_test_dir, calib_images=12))
+    assert report["source"]["family"] == name.split("_")[0]
+    assert report["flops"]["reduction"] > 0
+    again = ssmprune_cli.load(out / "model.safetensors")
+    assert isinstance(again, PrunedModel) and again.spec.conv_fill == "hold"
+    x = torch.randn(2, 3, *again.input_size()[1:])
+    with torch.no_grad():
+        y = again(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
