@@ -199,15 +199,18 @@ class VimMixer(nn.Module):
         order = torch.arange(L, device=x.device)
         if d == 1:
             order = order.flip(0)
-        steps, src = layout.scan_steps(order, key=f"{FAMILY}.{_DIRECTIONS[d]}")
+        steps, _ = layout.scan_steps(order, key=f"{FAMILY}.{_DIRECTIONS[d]}")
+        # Kept tokens are in ascending position, so the forward scan visits them in kept order and the backward
+        # scan in reverse: a flip stands in for the gathers by `src` (less index traffic on the GPU).
+        in_order = (lambda t: t) if d == 0 else (lambda t: t.flip(1))
         if layout.conv_fill == "packed":
-            u = self._conv(d, layout.take(x, src))              # kept tokens as if adjacent
+            u = self._conv(d, in_order(x))                      # kept tokens as if adjacent
         else:
             kind = "zero" if layout.conv_fill == "zero" else _DIRECTIONS[d]
             full = layout.scatter(x, kind)[:, order]            # (b, L, E) in scan order
             u = layout.take(self._conv(d, full), steps)         # read back at the kept steps
-        y = self._ssm(d, u, layout.take(z, src), steps, L, self._delta_fill(d, layout.delta_fill))
-        return torch.zeros_like(y).scatter(1, src[..., None].expand_as(y), y)  # scan order → kept order
+        y = self._ssm(d, u, in_order(z), steps, L, self._delta_fill(d, layout.delta_fill))
+        return in_order(y)                                      # scan order → kept order
 
     def _ssm(self, d: int, u: Tensor, z: Tensor, steps: Optional[Tensor] = None, length: Optional[int] = None,
              delta_fill: Optional[Tensor] = None) -> Tensor:

@@ -42,7 +42,7 @@ class PrunedModel(nn.Module):
             self._captured[site] = args[0]
         return pre_hook
 
-    def _hook(self, site: str, tensors: Tuple[Tensor, ...], layout: Optional[TokenLayout]):
+    def prune_hook(self, site: str, tensors: Tuple[Tensor, ...], layout: Optional[TokenLayout]):
         keep = self._keep.get(site)
         if keep is None:
             return tensors, layout
@@ -73,7 +73,7 @@ class PrunedModel(nn.Module):
 
     def forward(self, x: Tensor) -> Any:
         try:
-            return self.model(x, hook=self._hook)
+            return self.model(x, hook=self.prune_hook)
         finally:
             self._captured.clear()
 

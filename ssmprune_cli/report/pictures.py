@@ -51,7 +51,7 @@ def site_scores(model: nn.Module, x: Tensor, sites: Optional[Sequence[str]] = No
     prune points, every site of a dense one), with the tokens each site keeps."""
     core = getattr(model, "model", model)
     spec = getattr(model, "spec", None)
-    prune_hook = getattr(model, "_hook", None) if spec is not None else None
+    prune_hook = getattr(model, "prune_hook", None) if spec is not None else None
     if sites is None:
         sites = [p.site for p in spec.points] if spec is not None else core.prune_sites()
     wanted = set(sites)
