@@ -73,6 +73,18 @@ EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights where t
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a full unpickle of the checkpoint. "
                                               "This runs code from the file: only for files you trust.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (tables go to stderr).")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="YAML/JSON mapping of model config "
+                                                        "fields the weights cannot tell (mean, std, stride, "
+                                                        "img_size, ...).")]
+
+
+def model_overrides(model_config: Optional[Path], **fields: Any) -> Dict[str, Any]:
+    """Config overrides from --model-config and single options such as --img-size (those win)."""
+    from ssmprune_cli.io.config_file import read_model_config
+
+    out = read_model_config(model_config) if model_config is not None else {}
+    out.update({k: v for k, v in fields.items() if v is not None})
+    return out
 
 
 def emit_json(doc: Any) -> None:
@@ -134,6 +146,7 @@ def analyze(
     calib_images: Annotated[int, typer.Option("--calib-images", min=1, help="Images to use from --calib.")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
                                                   "available).")] = None,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint: architecture, variant, parameters, image size, tokens per layer, FLOPs and, with
@@ -143,7 +156,8 @@ def analyze(
     from ssmprune_cli.report.flops import analyze_flops, render_flops
     from ssmprune_cli.report.pictures import calib_importance, render_importance_stats
 
-    loaded = load_checkpoint(ckpt, family=family, ema=ema, trust_pickle=trust_pickle, img_size=img_size)
+    loaded = load_checkpoint(ckpt, family=family, ema=ema, trust_pickle=trust_pickle,
+                             **model_overrides(model_config, img_size=img_size))
     summary = loaded.summary()
     if flops or calib is not None:
         loaded.model.to(pick_device(device))
@@ -270,6 +284,7 @@ def prune(
     img_size: ImgSizeOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
@@ -288,7 +303,7 @@ def prune(
                        seed=seed, force=force, device=device, val=val, val_limit=val_limit,
                        max_flops=max_flops, max_acc_drop=max_acc_drop,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
-                                     "img_size": img_size})
+                                     **model_overrides(model_config, img_size=img_size)})
     report = run_prune(req)
     if as_json:
         emit_json(report)
@@ -337,6 +352,7 @@ def eval_(
     family: FamilyOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Top-1 accuracy of a dense or pruned model, and its agreement with a --baseline model."""
@@ -349,7 +365,8 @@ def eval_(
         raise BadInputError("--max-acc-drop needs --baseline")
     result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, limit=limit, batch_size=batch_size,
                                   device=device, load_options={"family": family, "ema": ema,
-                                                               "trust_pickle": trust_pickle}))
+                                                               "trust_pickle": trust_pickle,
+                                                               **model_overrides(model_config)}))
     if as_json:
         emit_json(result)
     else:
@@ -397,6 +414,7 @@ def bench(
     family: FamilyOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
+    model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (batch 1) and throughput (large batch) of MODEL beside its baseline, measured in one run, with
@@ -407,7 +425,8 @@ def bench(
     settings = BenchSettings(device=device, dtype=dtype, batch=batch, latency_batch=latency_batch, warmup=warmup,
                              repeats=repeats, compile=compile_, stages=stages)
     req = BenchRequest(model=model, baseline=baseline, settings=settings, val=val, val_limit=val_limit,
-                       load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle})
+                       load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
+                                     **model_overrides(model_config)})
     result = run_bench(req, Gates(max_flops, min_speedup, max_acc_drop))
     if as_json:
         emit_json(result)

@@ -83,3 +83,15 @@ def test_prune_bad_input(tmp_path, args, code, text):
     assert lines[0].startswith("no checkpoint given")  # the note naming the demo model, then one error line
     assert len(lines) == 2 and lines[1].startswith("error:") and text in lines[1]
     assert not (tmp_path / "x").exists()
+
+
+def test_model_config_file_sets_what_shapes_cannot_tell(tmp_path):
+    cfg = tmp_path / "cifar.yaml"
+    cfg.write_text("mean: [0.4914, 0.4822, 0.4465]\nstd: [0.247, 0.2435, 0.2616]\n")
+    ok = run("analyze", demo_checkpoint(), "--model-config", cfg, "--no-flops", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    assert json.loads(ok.stdout)["config"]["std"] == [0.247, 0.2435, 0.2616]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("colour: blue\n")
+    res = run("analyze", demo_checkpoint(), "--model-config", bad, "--no-flops")
+    assert res.exit_code == 2 and "colour" in res.stderr and "Traceback" not in res.stderr
