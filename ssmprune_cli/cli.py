@@ -279,6 +279,14 @@ def prune(
                                                        "costs more GMACs (fvcore).")] = None,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: exit 3 when top-1 drops "
                                                           "by more points (needs --val).")] = None,
+    bench: Annotated[bool, typer.Option("--bench", help="Measure latency and throughput of the dense and the "
+                                        "pruned model side by side into the report.")] = False,
+    bench_batch: Annotated[int, typer.Option("--bench-batch", min=1, help="Throughput batch size for --bench.")
+                           ] = 128,
+    bench_dtype: Annotated[str, typer.Option("--bench-dtype", help="fp32, or bf16 (autocast) for --bench.")
+                           ] = "fp32",
+    min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: exit 3 when the measured "
+                                                         "throughput speed-up is lower (needs --bench).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
     family: FamilyOpt = None,
     img_size: ImgSizeOpt = None,
@@ -291,6 +299,7 @@ def prune(
     config.json, recipe.yaml, report.json, report.md) to OUT."""
     from ssmprune_cli.assets import demo_checkpoint
     from ssmprune_cli.pipeline import PruneRequest, raise_for_gates, run_prune
+    from ssmprune_cli.report.bench import BenchSettings
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
@@ -301,7 +310,8 @@ def prune(
                        recipe=recipe, calib=calib, calib_images=calib_images, batch_size=batch_size, score=score,
                        align=align, conv_fill=conv_fill, delta_fill=delta_fill, split=split, auto=auto,
                        seed=seed, force=force, device=device, val=val, val_limit=val_limit,
-                       max_flops=max_flops, max_acc_drop=max_acc_drop,
+                       max_flops=max_flops, max_acc_drop=max_acc_drop, min_speedup=min_speedup,
+                       bench=BenchSettings(device=device, dtype=bench_dtype, batch=bench_batch) if bench else None,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
                                      **model_overrides(model_config, img_size=img_size)})
     report = run_prune(req)
@@ -323,6 +333,10 @@ def _render_prune(r: Dict[str, Any], out: Path) -> None:
     line = (f"{f['convention'].split(':')[0]}: {f['dense_gmacs']:.4f} → {f['pruned_gmacs']:.4f} "
             f"([bold]{f['reduction']:.1%}[/] fewer)")
     console.print(line)
+    sp = (r.get("speed") or {}).get("comparison")
+    if sp:
+        console.print(f"throughput speed-up {sp['throughput_speedup']:.2f}× (FLOPs-ideal {sp['ideal_speedup']:.2f}×), "
+                      f"batch-1 latency speed-up {sp['latency_speedup']:.2f}×")
     acc = r.get("accuracy")
     if acc:
         console.print(f"top-1 on {acc['images']} images: dense {acc['baseline_top1']:.2f}, pruned {acc['top1']:.2f}")

@@ -64,8 +64,10 @@ class PruneRequest:
     device: Optional[str] = None
     val: Optional[Path] = None            # labelled images: top-1 of dense and pruned in the report
     val_limit: Optional[int] = None
+    bench: Optional[Any] = None           # report.bench.BenchSettings: latency/throughput, dense vs pruned
     max_flops: Optional[float] = None     # gates (exit 3 after the outputs are written)
     max_acc_drop: Optional[float] = None
+    min_speedup: Optional[float] = None
     load_options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,9 +206,17 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
                                     dtype, seed)
     elif req.max_acc_drop is not None:
         raise BadInputError("--max-acc-drop needs --val (labelled images)")
+    speed = None
+    if req.bench is not None:
+        from ssmprune_cli.report.bench import bench_models  # timing code only when asked for
+
+        speed = bench_models({"model": pruned, "baseline": model}, req.bench, device,
+                             labels={"model": "pruned", "baseline": "dense"})
+    elif req.min_speedup is not None:
+        raise BadInputError("--min-speedup needs --bench (speed is measured only when asked for)")
     report = build_prune_report(loaded, model, spec, recipe, calib_images=len(cal_set) if cal_set else 0,
                                 holdout_images=len(hold_set) if hold_set else 0, agreement=agreement,
-                                auto=auto_result, pruned_model=pruned, accuracy=accuracy)
+                                auto=auto_result, pruned_model=pruned, accuracy=accuracy, speed=speed)
     report["gates"] = prune_gates(report, req)
     write_outputs(out, req, loaded, pruned, spec, recipe, report, cal_set)
     return report
@@ -224,11 +234,16 @@ def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype, s
 
 
 def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any]]:
-    """--max-flops (pruned GMACs, fvcore) and --max-acc-drop (top-1 points, needs --val)."""
+    """--max-flops (pruned GMACs, fvcore), --min-speedup (throughput, needs --bench) and --max-acc-drop
+    (top-1 points, needs --val)."""
     gates = []
     if req.max_flops is not None:
         value = report["flops"]["pruned_gmacs"]
         gates.append({"gate": "max-flops", "limit": req.max_flops, "value": value, "passed": value <= req.max_flops})
+    if req.min_speedup is not None:
+        value = report["speed"]["comparison"]["throughput_speedup"]
+        gates.append({"gate": "min-speedup", "limit": req.min_speedup, "value": value,
+                      "passed": value >= req.min_speedup})
     if req.max_acc_drop is not None:
         acc = report["accuracy"]
         value = acc["baseline_top1"] - acc["top1"]

@@ -95,3 +95,20 @@ def test_model_config_file_sets_what_shapes_cannot_tell(tmp_path):
     bad.write_text("colour: blue\n")
     res = run("analyze", demo_checkpoint(), "--model-config", bad, "--no-flops")
     assert res.exit_code == 2 and "colour" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_prune_bench_speed_in_report_and_gate(tmp_path):
+    out = tmp_path / "b"
+    res = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--bench", "--bench-batch", "4",
+              "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
+    assert res.exit_code == 3, res.stderr  # no model gets 1000x faster: the gate fails on purpose
+    report = json.loads(res.stdout)
+    comp = report["speed"]["comparison"]
+    assert comp["ideal_speedup"] == pytest.approx(1 / (1 - report["flops"]["reduction"]))
+    assert comp["throughput_speedup"] > 0 and report["speed"]["settings"]["batch"] == 4
+    assert [g["gate"] for g in report["gates"]] == ["min-speedup"] and not report["gates"][0]["passed"]
+    assert "min-speedup" in res.stderr
+    assert "Speed" in (out / "report.md").read_text()
+    no_bench = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--min-speedup", "1.1", "-o",
+                   tmp_path / "c", "--no-progress")
+    assert no_bench.exit_code == 2 and "--bench" in no_bench.stderr
