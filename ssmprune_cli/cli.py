@@ -398,7 +398,58 @@ def eval_(
             raise QualityGateError(f"top-1 dropped {drop:.2f} points, more than --max-acc-drop {max_acc_drop}")
 
 
-# ---------------------------------------------------------------------------------------------- bench
+# ---------------------------------------------------------------------------------------------- finetune
+@app.command()
+def finetune(
+    model: Annotated[Path, typer.Argument(help="Pruned model (OUT/model.safetensors of `prune`), or a dense one "
+                                          "with --teacher.")],
+    train_dir: Annotated[Path, typer.Option("--train", help="Labelled training images (ImageFolder).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")],
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint (default: the dense "
+                                                    "model inside MODEL).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Epochs (fractions allowed).")] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    distill_alpha: Annotated[float, typer.Option("--distill-alpha", min=0.0, max=1.0, help="Weight of the "
+                                                 "soft-logit KL to the teacher (the rest: labels).")] = 0.5,
+    train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="Use this many training "
+                                                        "images (seeded random subset).")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images: top-1 before and after.")] = None,
+    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    family: FamilyOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    model_config: ModelConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Brief distillation fine-tuning of a pruned model: AdamW, warm-up + cosine, bf16 autocast on CUDA,
+    resumable, DDP under torchrun. Writes OUT/model.safetensors (same pruning) and OUT/finetune.json."""
+    from ssmprune_cli.pipeline import FinetuneRequest, run_finetune
+    from ssmprune_cli.report.progress import set_enabled
+    from ssmprune_cli.train.finetune import TrainConfig
+
+    set_enabled(not no_progress)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, distill_alpha=distill_alpha, seed=seed,
+                      warmup_steps=min(100, max(1, int(epochs * 10))))
+    result = run_finetune(FinetuneRequest(model=model, train=train_dir, out=out, teacher=teacher,
+                                          train_images=train_images, val=val, val_limit=val_limit, config=cfg,
+                                          force=force, device=device,
+                                          load_options={"family": family, "trust_pickle": trust_pickle,
+                                                        **model_overrides(model_config)}))
+    if as_json:
+        emit_json(result)
+        return
+    hist = result["summary"]["history"]
+    console.print(f"fine-tuned {result['summary']['steps']} steps on {result['train_images']} images → {out}"
+                  + (f"; last loss {hist[-1]['loss']:.4f}" if hist else ""))
+    if "val" in result:
+        v = result["val"]
+        console.print(f"top-1 on {v['images']} images: {v['top1_before']:.2f} → {v['top1_after']:.2f}")
+
+
 @app.command()
 def bench(
     model: Annotated[Path, typer.Argument(help="Model to measure: a pruned .safetensors, or any checkpoint.")],
