@@ -73,6 +73,9 @@ EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights where t
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a full unpickle of the checkpoint. "
                                               "This runs code from the file: only for files you trust.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (tables go to stderr).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
+                                                 "available).")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="YAML/JSON mapping of model config "
                                                         "fields the weights cannot tell (mean, std, stride, "
                                                         "img_size, ...).")]
@@ -144,8 +147,7 @@ def analyze(
     calib: Annotated[Optional[Path], typer.Option("--calib", help="Folder of images: add per-layer "
                                                   "token-importance statistics.")] = None,
     calib_images: Annotated[int, typer.Option("--calib-images", min=1, help="Images to use from --calib.")] = 64,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
-                                                  "available).")] = None,
+    device: DeviceOpt = None,
     model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -269,8 +271,7 @@ def prune(
                                        "with the dense model on held-out calibration images.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (recipe default 0).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
-                                                  "available).")] = None,
+    device: DeviceOpt = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
                                                 "and the pruned model in the report.")] = None,
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images.")
@@ -287,7 +288,7 @@ def prune(
                            ] = "fp32",
     min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: exit 3 when the measured "
                                                          "throughput speed-up is lower (needs --bench).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    no_progress: NoProgressOpt = False,
     family: FamilyOpt = None,
     img_size: ImgSizeOpt = None,
     ema: EmaOpt = False,
@@ -361,8 +362,8 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
                                                           "is more points below --baseline's.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    device: DeviceOpt = None,
+    no_progress: NoProgressOpt = False,
     family: FamilyOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
@@ -418,8 +419,8 @@ def finetune(
     val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    device: DeviceOpt = None,
+    no_progress: NoProgressOpt = False,
     family: FamilyOpt = None,
     trust_pickle: TrustPickleOpt = False,
     model_config: ModelConfigOpt = None,
@@ -455,8 +456,7 @@ def bench(
     model: Annotated[Path, typer.Argument(help="Model to measure: a pruned .safetensors, or any checkpoint.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Checkpoint to compare against (default "
                                                      "for a pruned MODEL: its own dense model).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
-                                                  "available).")] = None,
+    device: DeviceOpt = None,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, or bf16 (autocast).")] = "fp32",
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the throughput measurement.")] = 128,
     latency_batch: Annotated[int, typer.Option("--latency-batch", min=1, help="Batch size of the latency "
