@@ -154,7 +154,7 @@ def analyze(
     """Describe a checkpoint: architecture, variant, parameters, image size, tokens per layer, FLOPs and, with
     --calib, how token importance is spread at each layer."""
     from ssmprune_cli.io.load import load_checkpoint
-    from ssmprune_cli.pipeline import pick_device
+    from ssmprune_cli.jobs import pick_device
     from ssmprune_cli.report.flops import analyze_flops, render_flops
     from ssmprune_cli.report.pictures import calib_importance, render_importance_stats
 
@@ -299,7 +299,7 @@ def prune(
     """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
     config.json, recipe.yaml, report.json, report.md) to OUT."""
     from ssmprune_cli.assets import demo_checkpoint
-    from ssmprune_cli.pipeline import PruneRequest, raise_for_gates, run_prune
+    from ssmprune_cli.jobs import PruneRequest, raise_for_gates, run_prune
     from ssmprune_cli.report.bench import BenchSettings
     from ssmprune_cli.report.progress import set_enabled
 
@@ -372,7 +372,7 @@ def eval_(
 ) -> None:
     """Top-1 accuracy of a dense or pruned model, and its agreement with a --baseline model."""
     from ssmprune_cli.errors import BadInputError, QualityGateError
-    from ssmprune_cli.pipeline import EvalRequest, run_eval
+    from ssmprune_cli.jobs import EvalRequest, run_eval
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
@@ -428,7 +428,7 @@ def finetune(
 ) -> None:
     """Brief distillation fine-tuning of a pruned model: AdamW, warm-up + cosine, bf16 autocast on CUDA,
     resumable, DDP under torchrun. Writes OUT/model.safetensors (same pruning) and OUT/finetune.json."""
-    from ssmprune_cli.pipeline import FinetuneRequest, run_finetune
+    from ssmprune_cli.jobs import FinetuneRequest, run_finetune
     from ssmprune_cli.report.progress import set_enabled
     from ssmprune_cli.train.finetune import TrainConfig
 

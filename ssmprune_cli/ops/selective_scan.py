@@ -112,9 +112,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 @functools.lru_cache(maxsize=32)
 def _tri_masks(T: int, device: torch.device) -> Tuple[Tensor, Tensor]:
-    """(not strictly lower, not lower-or-diagonal) masks, built once per chunk length and device."""
-    ones = torch.ones(T, T, dtype=torch.bool, device=device)
-    return ~ones.tril(-1), ~ones.tril(0)
+    """(not strictly lower, not lower-or-diagonal) masks, built once per chunk length and device.
+
+    Built outside inference mode: a cached inference tensor could not be saved for a later backward."""
+    with torch.inference_mode(False):
+        ones = torch.ones(T, T, dtype=torch.bool, device=device)
+        return ~ones.tril(-1), ~ones.tril(0)
 
 
 def _segsum(a: Tensor) -> Tensor:

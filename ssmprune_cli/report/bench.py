@@ -286,7 +286,7 @@ def load_pair(req: BenchRequest) -> Tuple[nn.Module, Optional[nn.Module], Dict[s
 def run_bench(req: BenchRequest, gates: Optional["Gates"] = None) -> Dict[str, Any]:
     """Load, measure, and judge the gates (result["gates"]); raising for a missed gate is the caller's call,
     after it has shown the result."""
-    from ssmprune_cli.pipeline import pick_device
+    from ssmprune_cli.jobs import pick_device
 
     req.settings.check()
     device = pick_device(req.settings.device)
@@ -377,7 +377,7 @@ def compare(m: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
 
 def _accuracy(models, result, val, limit, batch_size, device, settings) -> None:
     from ssmprune_cli.data.images import find_images
-    from ssmprune_cli.pipeline import predictions
+    from ssmprune_cli.jobs import predictions
 
     images = find_images(val, limit=limit)
     labels = torch.tensor(images.labels)

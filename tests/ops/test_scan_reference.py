@@ -104,3 +104,19 @@ def test_importing_the_package_does_not_import_triton():
            "assert k.SCAN_FUNCTION_NAME == 'SelectiveScanFn'; print('triton' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_chunked_masks_cached_in_inference_mode_still_train():
+    """A first call under inference_mode (bench) must not poison the mask cache for a later backward."""
+    from ssmprune_cli.ops.selective_scan import _tri_masks
+
+    _tri_masks.cache_clear()
+    u, delta = torch.randn(1, 3, 11), torch.randn(1, 3, 11)
+    A, B, C = -torch.rand(3, 2), torch.randn(1, 2, 11), torch.randn(1, 2, 11)
+    with torch.inference_mode():
+        selective_scan_chunked(u, delta, A, B, C, chunk=4)
+    u.requires_grad_(True)
+    y = selective_scan_chunked(u, delta, A, B, C, chunk=4)
+    y.sum().backward()
+    ref = torch.autograd.grad(selective_scan_ref(u, delta, A, B, C).sum(), u)[0]
+    torch.testing.assert_close(u.grad, ref, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,4 @@
-"""The jobs behind the commands, in the data's direction: checkpoint → model → scores → plan → pruned model →
-files and report. The CLI parses options into these requests and renders what comes back."""
+"""`ssmprune prune`: checkpoint → model → scores → plan → Δ̂ calibration → pruned model → files and report."""
 
 from __future__ import annotations
 
@@ -13,33 +12,22 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
-from torch import nn
 
-from ssmprune_cli.data.images import ImageSet, find_images, iter_batches, model_input_spec
+from ssmprune_cli.data.images import ImageSet, find_images
 from ssmprune_cli.errors import BadInputError, DataError, QualityGateError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, is_two_d, keep_from_rates,
-                                       resolve_fills, schedule_macs, solve_ratio, validate_points)
+from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, is_two_d, keep_from_rates, resolve_fills,
+                                       schedule_macs, solve_ratio, validate_points)
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
 
-
-def pick_device(device: Optional[str]) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise BadInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda was asked for but no CUDA GPU is available")
-    return dev
+from .common import _batches, pick_device, predictions
 
 
 @dataclass
@@ -127,22 +115,6 @@ def _calibration_sets(model, calib_dir, n: int, holdout: int, seed: int):
     sub = lambda idx: ImageSet([images.paths[i] for i in idx], [images.labels[i] for i in idx],  # noqa: E731
                                images.classes)
     return sub(cal_idx), sub(hold_idx)
-
-
-def _batches(model, images: ImageSet, batch_size: int, device, dtype):
-    size, mean, std = model_input_spec(model)
-    for x, _ in iter_batches(images, batch_size, size, mean, std, device=device, dtype=dtype):
-        yield x
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dtype, what: str) -> torch.Tensor:
-    preds = []
-    with progress_bar(what, len(images)) as advance:
-        for x in _batches(model, images, batch_size, device, dtype):
-            preds.append(model(x).argmax(dim=-1).cpu())
-            advance(x.shape[0])
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 # ------------------------------------------------------------------------------------------------ prune
@@ -322,115 +294,3 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-# ------------------------------------------------------------------------------------------------ eval
-@dataclass
-class EvalRequest:
-    model: Path
-    val: Path
-    baseline: Optional[Path] = None
-    limit: Optional[int] = None
-    batch_size: int = 64
-    device: Optional[str] = None
-    seed: int = 0
-    load_options: Dict[str, Any] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def run_eval(req: EvalRequest) -> Dict[str, Any]:
-    device = pick_device(req.device)
-    model = load_checkpoint(req.model, **req.load_options).model.to(device).eval()
-    images = find_images(req.val, limit=req.limit, seed=req.seed)
-    labelled = all(lbl >= 0 for lbl in images.labels)
-    dtype = next(model.parameters()).dtype
-    pred = predictions(model, images, req.batch_size, device, dtype, "evaluating")
-    result: Dict[str, Any] = {"model": str(req.model), "images": len(images)}
-    labels = torch.tensor(images.labels)
-    if labelled:
-        result["top1"] = float((pred == labels).float().mean()) * 100
-    if req.baseline is not None:
-        base = load_checkpoint(req.baseline, **req.load_options).model.to(device).eval()
-        base_pred = predictions(base, images, req.batch_size, device, dtype, "evaluating baseline")
-        result["baseline"] = str(req.baseline)
-        result["agreement"] = float((pred == base_pred).float().mean()) * 100
-        if labelled:
-            result["baseline_top1"] = float((base_pred == labels).float().mean()) * 100
-            result["acc_drop"] = result["baseline_top1"] - result["top1"]
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ finetune
-@dataclass
-class FinetuneRequest:
-    model: Path
-    train: Path
-    out: Path
-    teacher: Optional[Path] = None       # default: the dense model inside MODEL (for a pruned MODEL)
-    train_images: Optional[int] = None
-    val: Optional[Path] = None
-    val_limit: Optional[int] = None
-    config: Any = None                   # train.finetune.TrainConfig
-    force: bool = False
-    device: Optional[str] = None
-    load_options: Dict[str, Any] = field(default_factory=dict)
-
-
-def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
-    """Brief distillation fine-tuning (DESIGN 2.4): the dense model is the teacher; the result keeps MODEL's
-    pruning spec and Δ̂. A run interrupted after an epoch resumes from OUT's state file beside it."""
-    from ssmprune_cli.data.tensor_data import TensorImages
-    from ssmprune_cli.train.finetune import TrainConfig, accuracy, train
-
-    out = Path(req.out)
-    if out.exists() and not req.force:
-        raise BadInputError(f"output folder {out} already exists; pass --force to replace it")
-    check_not_input(out, [req.model])
-    device = pick_device(req.device)
-    cfg = req.config or TrainConfig()
-    loaded = load_checkpoint(req.model, **req.load_options)
-    student = loaded.model.to(device)
-    if req.teacher is not None:
-        teacher = load_checkpoint(req.teacher, **req.load_options).model
-    elif isinstance(student, PrunedModel):
-        teacher = load_checkpoint(req.model, **req.load_options).model.detach()  # the dense model, no pruning
-    else:
-        raise BadInputError(f"{req.model} is a dense model: pass --teacher CKPT, or fine-tune a pruned model "
-                            "(its dense model is the teacher)")
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    core = student.model if isinstance(student, PrunedModel) else student
-    size, mean, std = model_input_spec(core)
-    with progress_bar("decoding training images", None) as advance:
-        data = TensorImages.from_image_set(find_images(req.train, limit=req.train_images, seed=cfg.seed), size,
-                                           progress=advance).to(device)
-    if bool((data.labels < 0).any()):
-        raise DataError(f"--train {req.train} has no class folders: fine-tuning needs labelled images")
-    val = None
-    if req.val is not None:
-        val = TensorImages.from_image_set(find_images(req.val, limit=req.val_limit, seed=cfg.seed), size).to(device)
-    before = accuracy(student, val, mean, std) if val is not None else None
-    state = out.with_name(f".{out.name}.train_state.pt")
-    with progress_bar("fine-tuning", None) as advance:
-        summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
-                        on_step=lambda step, total, loss: advance(1))
-    result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
-              "train_images": len(data), "summary": summary}
-    if val is not None:
-        result["val"] = {"images": len(val), "top1_before": before, "top1_after": accuracy(student, val, mean, std)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        spec = student.spec.to_dict() if isinstance(student, PrunedModel) else None
-        save_model(core.cpu(), tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
-                   pruning=spec, protect=[req.model])
-        (tmp / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    state.unlink(missing_ok=True)
-    return result

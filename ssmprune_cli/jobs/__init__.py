@@ -1,0 +1,10 @@
+"""The jobs behind the commands, in the data's direction: checkpoint → model → scores → plan → pruned model →
+fine-tune → files and report. The CLI parses options into these requests and renders what comes back."""
+
+from .common import pick_device
+from .evaluate import EvalRequest, run_eval
+from .finetune import FinetuneRequest, run_finetune
+from .prune import PruneRequest, raise_for_gates, run_prune
+
+__all__ = ["EvalRequest", "FinetuneRequest", "PruneRequest", "pick_device", "raise_for_gates", "run_eval",
+           "run_finetune", "run_prune"]

@@ -1,0 +1,41 @@
+"""Pieces every job shares: the device choice and batched predictions over an image set."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ssmprune_cli.data.images import ImageSet, iter_batches, model_input_spec
+from ssmprune_cli.errors import BadInputError
+from ssmprune_cli.report.progress import progress_bar
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BadInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda was asked for but no CUDA GPU is available")
+    return dev
+
+
+
+def _batches(model, images: ImageSet, batch_size: int, device, dtype):
+    size, mean, std = model_input_spec(model)
+    for x, _ in iter_batches(images, batch_size, size, mean, std, device=device, dtype=dtype):
+        yield x
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dtype, what: str) -> torch.Tensor:
+    preds = []
+    with progress_bar(what, len(images)) as advance:
+        for x in _batches(model, images, batch_size, device, dtype):
+            preds.append(model(x).argmax(dim=-1).cpu())
+            advance(x.shape[0])
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)

@@ -1,0 +1,95 @@
+"""`ssmprune finetune`: brief distillation fine-tuning of a pruned model (DESIGN 2.4)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ssmprune_cli.data.images import find_images, model_input_spec
+from ssmprune_cli.errors import BadInputError, DataError
+from ssmprune_cli.io.atomic import check_not_input
+from ssmprune_cli.io.load import load_checkpoint
+from ssmprune_cli.io.safetensors_io import save_model
+from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.progress import progress_bar
+
+from .common import pick_device
+
+
+@dataclass
+class FinetuneRequest:
+    model: Path
+    train: Path
+    out: Path
+    teacher: Optional[Path] = None       # default: the dense model inside MODEL (for a pruned MODEL)
+    train_images: Optional[int] = None
+    val: Optional[Path] = None
+    val_limit: Optional[int] = None
+    config: Any = None                   # train.finetune.TrainConfig
+    force: bool = False
+    device: Optional[str] = None
+    load_options: Dict[str, Any] = field(default_factory=dict)
+
+
+def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
+    """Brief distillation fine-tuning (DESIGN 2.4): the dense model is the teacher; the result keeps MODEL's
+    pruning spec and Δ̂. A run interrupted after an epoch resumes from OUT's state file beside it."""
+    from ssmprune_cli.data.tensor_data import TensorImages
+    from ssmprune_cli.train.finetune import TrainConfig, accuracy, train
+
+    out = Path(req.out)
+    if out.exists() and not req.force:
+        raise BadInputError(f"output folder {out} already exists; pass --force to replace it")
+    check_not_input(out, [req.model])
+    device = pick_device(req.device)
+    cfg = req.config or TrainConfig()
+    loaded = load_checkpoint(req.model, **req.load_options)
+    student = loaded.model.to(device)
+    if req.teacher is not None:
+        teacher = load_checkpoint(req.teacher, **req.load_options).model
+    elif isinstance(student, PrunedModel):
+        teacher = load_checkpoint(req.model, **req.load_options).model.detach()  # the dense model, no pruning
+    else:
+        raise BadInputError(f"{req.model} is a dense model: pass --teacher CKPT, or fine-tune a pruned model "
+                            "(its dense model is the teacher)")
+    teacher = teacher.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    core = student.model if isinstance(student, PrunedModel) else student
+    size, mean, std = model_input_spec(core)
+    with progress_bar("decoding training images", None) as advance:
+        data = TensorImages.from_image_set(find_images(req.train, limit=req.train_images, seed=cfg.seed), size,
+                                           progress=advance).to(device)
+    if bool((data.labels < 0).any()):
+        raise DataError(f"--train {req.train} has no class folders: fine-tuning needs labelled images")
+    val = None
+    if req.val is not None:
+        val = TensorImages.from_image_set(find_images(req.val, limit=req.val_limit, seed=cfg.seed), size).to(device)
+    before = accuracy(student, val, mean, std) if val is not None else None
+    state = out.with_name(f".{out.name}.train_state.pt")
+    with progress_bar("fine-tuning", None) as advance:
+        summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
+                        on_step=lambda step, total, loss: advance(1))
+    result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
+              "train_images": len(data), "summary": summary}
+    if val is not None:
+        result["val"] = {"images": len(val), "top1_before": before, "top1_after": accuracy(student, val, mean, std)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        spec = student.spec.to_dict() if isinstance(student, PrunedModel) else None
+        save_model(core.cpu(), tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
+                   pruning=spec, protect=[req.model])
+        (tmp / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    state.unlink(missing_ok=True)
+    return result
