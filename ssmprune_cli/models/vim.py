@@ -374,7 +374,9 @@ class VisionMamba(PrunableModel):
             idx = torch.full((b,), self.cls_pos, dtype=torch.long, device=hidden.device)
         else:
             idx = layout.rank()[:, self.cls_pos]  # where the class token sits among the kept tokens
-            if bool((idx < 0).any()):
+            # A custom hook could drop the class token (PrunedModel never does); the check reads a value back
+            # from the device, so it is skipped under torch.compile, where it would break the graph.
+            if not torch.compiler.is_compiling() and bool((idx < 0).any()):
                 raise RecipeError("the class token was pruned; it must stay protected")
         rows = torch.arange(b, device=hidden.device)
         # The final add + norm is per token, so only the class token's is computed.
