@@ -440,6 +440,8 @@ def finetune(
                                           force=force, device=device,
                                           load_options={"family": family, "trust_pickle": trust_pickle,
                                                         **model_overrides(model_config)}))
+    if result["rank"] != 0:
+        return  # under torchrun, rank 0 alone writes and reports
     if as_json:
         emit_json(result)
         return

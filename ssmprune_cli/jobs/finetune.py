@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -74,8 +75,12 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
     with progress_bar("fine-tuning", None) as advance:
         summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
                         on_step=lambda step, total, loss: advance(1))
+    rank = int(os.environ.get("RANK", "0"))
     result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
-              "train_images": len(data), "summary": summary}
+              "train_images": len(data), "summary": summary, "rank": rank,
+              "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    if rank != 0:
+        return result  # under torchrun every rank holds the same weights; rank 0 measures and writes
     if val is not None:
         result["val"] = {"images": len(val), "top1_before": before, "top1_after": accuracy(student, val, mean, std)}
     out.parent.mkdir(parents=True, exist_ok=True)

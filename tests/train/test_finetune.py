@@ -78,3 +78,27 @@ def test_loss_and_schedule_definitions():
     c = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10)
     assert lr_at(0, 110, c) == pytest.approx(0.1) and lr_at(9, 110, c) == pytest.approx(1.0)
     assert lr_at(60, 110, c) == pytest.approx(0.5) and lr_at(110, 110, c) == pytest.approx(0.0)
+
+
+def test_torchrun_two_processes_one_writer(tmp_path, cifar_test_dir):
+    """DDP under torchrun (gloo on the CPU): each rank trains on its shard, rank 0 alone writes and reports."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    dense = create_model("vim_test", img_size=32, num_classes=10)
+    path = save_model(PrunedModel(dense, PruningSpec([PrunePoint("2", 30)], delta_fill="bias")),
+                      tmp_path / "m.safetensors")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "ssmprune_cli", "finetune", str(path), "--train", str(cifar_test_dir), "--train-images", "80",
+           "--epochs", "1", "--batch-size", "20", "-o", str(out), "--json", "--no-progress"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)  # exactly one JSON document: rank 1 printed nothing
+    assert doc["world_size"] == 2 and doc["rank"] == 0
+    assert doc["train_images"] == 80 and doc["summary"]["steps"] == 2  # 40 images a rank, batch 20
+    tuned = ssmprune_cli.load(out / "model.safetensors")
+    assert isinstance(tuned, PrunedModel)
+    assert not torch.equal(tuned.model.head.weight, dense.head.weight)
