@@ -29,7 +29,8 @@ def aligned_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
                  backend: Optional[str] = None) -> Tensor:
     gap = None
     if steps is not None and delta_fill is not None:
-        gap = gaps_from_steps(steps).to(u.dtype if u.is_floating_point() else torch.float32)
+        # float32 at least: a bf16 gap would round counts above 256
+        gap = gaps_from_steps(steps).to(torch.float64 if u.dtype == torch.float64 else torch.float32)
     return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill,
                           backend=backend)
 
