@@ -28,8 +28,14 @@ from ssmprune_cli.data.tensor_data import TensorImages, batches, normalise  # no
 from ssmprune_cli.io.safetensors_io import save_model  # noqa: E402
 from ssmprune_cli.models import create_model  # noqa: E402
 from ssmprune_cli.pruning.calibrate import measure_delta_hat  # noqa: E402
-from ssmprune_cli.pruning.plan import (PruningSpec, dense_macs, keep_from_rates,  # noqa: E402
-                                       resolve_fills, schedule_macs, solve_ratio)
+from ssmprune_cli.pruning.plan import (  # noqa: E402
+    PruningSpec,
+    dense_macs,
+    keep_from_rates,
+    resolve_fills,
+    schedule_macs,
+    solve_ratio,
+)
 from ssmprune_cli.pruning.pruned_model import PrunedModel  # noqa: E402
 from ssmprune_cli.train.finetune import TrainConfig, accuracy, train  # noqa: E402
 

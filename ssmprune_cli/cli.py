@@ -299,8 +299,9 @@ def prune(
     """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
     config.json, recipe.yaml, report.json, report.md) to OUT."""
     from ssmprune_cli.assets import demo_checkpoint
-    from ssmprune_cli.jobs import PruneRequest, raise_for_gates, run_prune
+    from ssmprune_cli.jobs import PruneRequest, run_prune
     from ssmprune_cli.report.bench import BenchSettings
+    from ssmprune_cli.report.gates import raise_for_gates
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
@@ -371,8 +372,9 @@ def eval_(
     as_json: JsonOpt = False,
 ) -> None:
     """Top-1 accuracy of a dense or pruned model, and its agreement with a --baseline model."""
-    from ssmprune_cli.errors import BadInputError, QualityGateError
+    from ssmprune_cli.errors import BadInputError
     from ssmprune_cli.jobs import EvalRequest, run_eval
+    from ssmprune_cli.report.gates import gate_row, raise_for_gates
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
@@ -395,8 +397,7 @@ def eval_(
         drop = result.get("acc_drop")
         if drop is None:
             raise BadInputError("--max-acc-drop needs labelled --val images (an ImageFolder)")
-        if drop > max_acc_drop:
-            raise QualityGateError(f"top-1 dropped {drop:.2f} points, more than --max-acc-drop {max_acc_drop}")
+        raise_for_gates([gate_row("--max-acc-drop", drop, max_acc_drop, "top-1 points", upper=True)])
 
 
 # ---------------------------------------------------------------------------------------------- finetune
@@ -486,8 +487,8 @@ def bench(
 ) -> None:
     """Latency (batch 1) and throughput (large batch) of MODEL beside its baseline, measured in one run, with
     fvcore FLOPs and their ratio; quality gates end with exit code 3 when missed."""
-    from ssmprune_cli.report.bench import BenchRequest, BenchSettings, Gates, raise_for_gates, render_bench, \
-        run_bench
+    from ssmprune_cli.report.bench import BenchRequest, BenchSettings, Gates, render_bench, run_bench
+    from ssmprune_cli.report.gates import raise_for_gates
 
     settings = BenchSettings(device=device, dtype=dtype, batch=batch, latency_batch=latency_batch, warmup=warmup,
                              repeats=repeats, compile=compile_, stages=stages)

@@ -4,7 +4,7 @@ fine-tune → files and report. The CLI parses options into these requests and r
 from .common import pick_device
 from .evaluate import EvalRequest, run_eval
 from .finetune import FinetuneRequest, run_finetune
-from .prune import PruneRequest, raise_for_gates, run_prune
+from .prune import PruneRequest, run_prune
 
-__all__ = ["EvalRequest", "FinetuneRequest", "PruneRequest", "pick_device", "raise_for_gates", "run_eval",
+__all__ = ["EvalRequest", "FinetuneRequest", "PruneRequest", "pick_device", "run_eval",
            "run_finetune", "run_prune"]

@@ -8,21 +8,30 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
 
 from ssmprune_cli.data.images import ImageSet, find_images
-from ssmprune_cli.errors import BadInputError, DataError, QualityGateError, RecipeError
+from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.plan import (PrunePoint, PruningSpec, is_two_d, keep_from_rates, resolve_fills,
-                                       schedule_macs, solve_ratio, validate_points)
+from ssmprune_cli.pruning.plan import (
+    PrunePoint,
+    PruningSpec,
+    is_two_d,
+    keep_from_rates,
+    resolve_fills,
+    schedule_macs,
+    solve_ratio,
+    validate_points,
+)
 from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.gates import gate_row
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
@@ -208,27 +217,18 @@ def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype, s
 def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any]]:
     """--max-flops (pruned GMACs, fvcore), --min-speedup (throughput, needs --bench) and --max-acc-drop
     (top-1 points, needs --val)."""
-    gates = []
+    rows = []
     if req.max_flops is not None:
-        value = report["flops"]["pruned_gmacs"]
-        gates.append({"gate": "max-flops", "limit": req.max_flops, "value": value, "passed": value <= req.max_flops})
+        rows.append(gate_row("--max-flops", report["flops"]["pruned_gmacs"], req.max_flops, "GMACs (fvcore)",
+                             upper=True))
     if req.min_speedup is not None:
-        value = report["speed"]["comparison"]["throughput_speedup"]
-        gates.append({"gate": "min-speedup", "limit": req.min_speedup, "value": value,
-                      "passed": value >= req.min_speedup})
+        rows.append(gate_row("--min-speedup", report["speed"]["comparison"]["throughput_speedup"],
+                             req.min_speedup, "x throughput vs dense", upper=False))
     if req.max_acc_drop is not None:
         acc = report["accuracy"]
-        value = acc["baseline_top1"] - acc["top1"]
-        gates.append({"gate": "max-acc-drop", "limit": req.max_acc_drop, "value": value,
-                      "passed": value <= req.max_acc_drop})
-    return gates
-
-
-def raise_for_gates(gates: Sequence[Dict[str, Any]]) -> None:
-    failed = [g for g in gates if not g["passed"]]
-    if failed:
-        raise QualityGateError("; ".join(f"gate --{g['gate']} missed: {g['value']:.4g} (limit {g['limit']:g})"
-                                         for g in failed))
+        rows.append(gate_row("--max-acc-drop", acc["baseline_top1"] - acc["top1"], req.max_acc_drop,
+                             "top-1 points", upper=True))
+    return rows
 
 
 def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):

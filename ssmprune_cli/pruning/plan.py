@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ssmprune_cli.errors import RecipeError
 from ssmprune_cli.models.layers.token_layout import CONV_FILLS, DELTA_FILLS
 
-
 ALIGNS = ("aligned", "none")
 SPLITS = {"uniform": 0.0, "early": 1.0, "late": -1.0}  # tilt of the per-point keep rates
 

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ssmprune_cli.errors import BadInputError, QualityGateError
+from ssmprune_cli.errors import BadInputError
+from ssmprune_cli.report.gates import gate_row
 
 from .env import environment
 from .flops import block_module_names, core_and_points, count_flops, example_input
@@ -420,27 +421,13 @@ def evaluate_gates(result: Dict[str, Any], gates: Gates) -> List[Dict[str, Any]]
     model, comp = result["models"]["model"], result.get("comparison", {})
     rows = []
     if gates.max_flops is not None:
-        rows.append(_gate("--max-flops", model["flops"]["gmacs"], gates.max_flops, "GMACs (fvcore)", upper=True))
+        rows.append(gate_row("--max-flops", model["flops"]["gmacs"], gates.max_flops, "GMACs (fvcore)", upper=True))
     if gates.min_speedup is not None:
-        rows.append(_gate("--min-speedup", comp.get("throughput_speedup"), gates.min_speedup,
+        rows.append(gate_row("--min-speedup", comp.get("throughput_speedup"), gates.min_speedup,
                           "x throughput vs baseline", upper=False))
     if gates.max_acc_drop is not None:
-        rows.append(_gate("--max-acc-drop", comp.get("acc_drop"), gates.max_acc_drop, "top-1 points", upper=True))
+        rows.append(gate_row("--max-acc-drop", comp.get("acc_drop"), gates.max_acc_drop, "top-1 points", upper=True))
     return rows
-
-
-def _gate(name: str, value: Optional[float], limit: float, unit: str, upper: bool) -> Dict[str, Any]:
-    ok = value is not None and (value <= limit if upper else value >= limit)
-    return {"gate": name, "value": value, "limit": limit, "unit": unit, "passed": bool(ok)}
-
-
-def raise_for_gates(rows: List[Dict[str, Any]]) -> None:
-    """QualityGateError (exit 3) naming every missed gate with its measured value and limit."""
-    failed = [r for r in rows if not r["passed"]]
-    if failed:
-        raise QualityGateError("quality gate failed: " + "; ".join(
-            f"{r['gate']} {r['limit']:g} ({r['unit']}): measured "
-            + ("nothing" if r["value"] is None else f"{r['value']:.4g}") for r in failed))
 
 
 # ------------------------------------------------------------------------------------------------ for people

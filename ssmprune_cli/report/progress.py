@@ -6,8 +6,9 @@ import contextlib
 import sys
 from typing import Callable, Iterator, Optional
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ssmprune_cli.report.console import console
 
 _enabled = True
 
@@ -23,7 +24,6 @@ def progress_bar(description: str, total: Optional[int]) -> Iterator[Callable[[i
     if not (_enabled and sys.stderr.isatty()):
         yield lambda n=1: None
         return
-    console = Console(stderr=True)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:

@@ -106,7 +106,7 @@ def test_prune_bench_speed_in_report_and_gate(tmp_path):
     comp = report["speed"]["comparison"]
     assert comp["ideal_speedup"] == pytest.approx(1 / (1 - report["flops"]["reduction"]))
     assert comp["throughput_speedup"] > 0 and report["speed"]["settings"]["batch"] == 4
-    assert [g["gate"] for g in report["gates"]] == ["min-speedup"] and not report["gates"][0]["passed"]
+    assert [g["gate"] for g in report["gates"]] == ["--min-speedup"] and not report["gates"][0]["passed"]
     assert "min-speedup" in res.stderr
     assert "Speed" in (out / "report.md").read_text()
     no_bench = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--min-speedup", "1.1", "-o",

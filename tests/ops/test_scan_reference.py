@@ -6,12 +6,17 @@ import sys
 
 import pytest
 import torch
-
-from ssmprune_cli.ops import (aligned_scan, aligned_scan_ref, scan_backend, selective_scan, selective_scan_chunked,
-                              selective_scan_ref)
-from ssmprune_cli.ops.aligned_scan import gaps_from_steps
-
 from _scan_inputs import make_inputs, rel
+
+from ssmprune_cli.ops import (
+    aligned_scan,
+    aligned_scan_ref,
+    scan_backend,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_ref,
+)
+from ssmprune_cli.ops.aligned_scan import gaps_from_steps
 
 
 def _f64(args):

@@ -8,12 +8,11 @@ import itertools
 
 import pytest
 import torch
+from _scan_inputs import NAMES, grads, leaves, make_inputs, rel
 
 from ssmprune_cli.kernels import SCAN_FUNCTION_NAME, SelectiveScanFn, selective_scan_triton
 from ssmprune_cli.kernels import selective_scan_fn as fn_mod
 from ssmprune_cli.ops import aligned_scan, aligned_scan_ref, selective_scan, selective_scan_ref
-
-from _scan_inputs import NAMES, grads, leaves, make_inputs, rel
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-2, 1e-2)}  # (output, gradients) relative to float64

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from ssmprune_cli.pruning.importance import SCORES, select_tokens, token_scores
 

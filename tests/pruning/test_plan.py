@@ -5,8 +5,15 @@ import random
 import pytest
 
 from ssmprune_cli.errors import RecipeError
-from ssmprune_cli.pruning.plan import (PrunePoint, dense_macs, keep_from_rates, schedule_macs, solve_ratio,
-                                       tokens_per_block, validate_points)
+from ssmprune_cli.pruning.plan import (
+    PrunePoint,
+    dense_macs,
+    keep_from_rates,
+    schedule_macs,
+    solve_ratio,
+    tokens_per_block,
+    validate_points,
+)
 
 
 class FakePlain:

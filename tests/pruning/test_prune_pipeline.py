@@ -12,8 +12,8 @@ import yaml
 import ssmprune_cli
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.safetensors_io import save_model
-from ssmprune_cli.models import create_model
 from ssmprune_cli.jobs import PruneRequest, run_prune
+from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec, dense_macs, schedule_macs
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 

@@ -8,8 +8,17 @@ from PIL import Image
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.plan import PruningSpec, keep_from_rates, tokens_per_block
 from ssmprune_cli.pruning.pruned_model import PrunedModel
-from ssmprune_cli.report.pictures import (CELL, PAD, colormap, importance_statistics, kept_cell, patch_index,
-                                          render_importance, render_tokens_plot, site_scores)
+from ssmprune_cli.report.pictures import (
+    CELL,
+    PAD,
+    colormap,
+    importance_statistics,
+    kept_cell,
+    patch_index,
+    render_importance,
+    render_tokens_plot,
+    site_scores,
+)
 
 
 def _pruned(name):

@@ -13,8 +13,8 @@ from ssmprune_cli.data.images import find_images
 from ssmprune_cli.data.tensor_data import TensorImages, normalise
 from ssmprune_cli.errors import BadInputError
 from ssmprune_cli.io.safetensors_io import save_model
-from ssmprune_cli.models import create_model
 from ssmprune_cli.jobs import FinetuneRequest, run_finetune
+from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 from ssmprune_cli.train.finetune import TrainConfig, loss_fn, lr_at
