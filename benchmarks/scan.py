@@ -191,19 +191,21 @@ def timings(shape, dname, copy_bw, with_reference=True, ex2_rate=EXP_RATE):
 
     r = {"fwd": bench(fwd), "fwd_bwd": bench(fwd_bwd), "fwd_host": host_time(fwd),
          "fwd_kernel": kernel_time(fwd, "_fwd_kernel"), "bwd_kernel": kernel_time(fwd_bwd, "_bwd_kernel"),
-         "fwd_save_kernel": kernel_time(fwd_bwd, "_fwd_kernel")}
+         "fwd_save_kernel": kernel_time(fwd_bwd, "_fwd_kernel"),
+         "fwd_kernel_name": "tpc" if fn_mod._use_tpc(args[0], False, shape["b"], shape["e"]) else "rows"}
     fb, bb = notes_bytes(shape, 2 if dname == "bf16" else 4)
     n_exp = shape["b"] * shape["l"] * shape["e"] * shape["n"]
     r.update(fwd_bytes=fb, bwd_bytes=bb, exp_time=n_exp / ex2_rate,
              fwd_bw_frac=fb / r["fwd_kernel"] / copy_bw, bwd_bw_frac=bb / r["bwd_kernel"] / copy_bw,
              fwd_exp_frac=n_exp / ex2_rate / r["fwd_kernel"])
-    probe = dict(fn_mod.LAUNCH["fwd"], PROBE=1)
-    saved = fn_mod.LAUNCH["fwd"]
-    fn_mod.LAUNCH["fwd"] = probe
+    saved = {k: dict(v) for k, v in fn_mod.LAUNCH.items()}
+    for key in ("fwd", "fwd_tpc"):
+        fn_mod.LAUNCH[key]["PROBE"] = 1
     try:
         r["fwd_kernel_exp_as_fma"] = kernel_time(fwd, "_fwd_kernel")
     finally:
-        fn_mod.LAUNCH["fwd"] = saved
+        fn_mod.LAUNCH.clear()
+        fn_mod.LAUNCH.update(saved)
     if with_reference:
         ref_leaves = need_grad(args)
         ref_in = [a for i, a in enumerate(ref_leaves) if isinstance(a, torch.Tensor) and i != 10]
@@ -221,24 +223,37 @@ def timings(shape, dname, copy_bw, with_reference=True, ex2_rate=EXP_RATE):
 
 
 def variants(shape, dname):
-    """Kernel time of other launch shapes (channels per program, warps) for both kernels."""
+    """Kernel time of other launch shapes (channels per program, warps) for the three kernels."""
     args = inputs(shape, DTYPES[dname], "cuda")
     leaves = need_grad(args)
     grad_in = [a for i, a in enumerate(leaves) if isinstance(a, torch.Tensor) and i != 10]
     g = torch.randn(shape["b"], shape["e"], shape["l"], device="cuda").to(DTYPES[dname])
     out = {}
-    saved = dict(fn_mod.LAUNCH)
+    saved = {k: dict(v) for k, v in fn_mod.LAUNCH.items()}
+
+    def run(key, cfg, train):
+        fn_mod.LAUNCH.clear()
+        fn_mod.LAUNCH.update({k: dict(v) for k, v in saved.items()})
+        fn_mod.LAUNCH[key].update(cfg)
+        if key == "fwd" and not train:
+            fn_mod.LAUNCH["fwd_tpc"]["min_warps_per_sm"] = 10 ** 9  # the general forward, also for inference
+        if train:
+            return kernel_time(lambda: torch.autograd.grad(selective_scan_triton(*leaves), grad_in, g),
+                               "_bwd_kernel" if key == "bwd" else "_fwd_kernel")
+        with torch.no_grad():
+            return kernel_time(lambda: selective_scan_triton(*args), "_fwd_kernel")
+
     try:
-        for be, nw in ((64, 4), (32, 2), (32, 4), (128, 8), (16, 1), (128, 4)):
-            fn_mod.LAUNCH["fwd"] = {"BE": be, "num_warps": nw}
-            with torch.no_grad():
-                out[f"fwd BE={be} w={nw}"] = kernel_time(lambda: selective_scan_triton(*args), "_fwd_kernel")
-        fn_mod.LAUNCH["fwd"] = saved["fwd"]
-        for be, nw in ((8, 1), (16, 1), (16, 2), (32, 2), (32, 4)):
-            fn_mod.LAUNCH["bwd"] = {"BE": be, "num_warps": nw}
-            out[f"bwd BE={be} w={nw}"] = kernel_time(
-                lambda: torch.autograd.grad(selective_scan_triton(*leaves), grad_in, g), "_bwd_kernel")
+        for be, nw in ((32, 1), (64, 2), (128, 4)):
+            out[f"fwd_tpc BE={be} w={nw}"] = run("fwd_tpc", {"BE": be, "num_warps": nw}, False)
+        out["fwd_tpc no L1 prefetch"] = run("fwd_tpc", {"PREFETCH": 0}, False)
+        for be, nw in ((16, 1), (32, 2), (64, 4)):
+            out[f"fwd BE={be} w={nw}"] = run("fwd", {"BE": be, "num_warps": nw}, False)
+            out[f"fwd+save BE={be} w={nw}"] = run("fwd", {"BE": be, "num_warps": nw}, True)
+        for be, nw in ((8, 1), (16, 1), (32, 2)):
+            out[f"bwd BE={be} w={nw}"] = run("bwd", {"BE": be, "num_warps": nw}, True)
     finally:
+        fn_mod.LAUNCH.clear()
         fn_mod.LAUNCH.update(saved)
     return out
 
@@ -289,14 +304,15 @@ def main():
     if a.variants:
         rec["variants"] = variants(SHAPES["vim_s"], "bf16")
         for k, v in rec["variants"].items():
-            print(f"variant {k:16s} {v * 1e6:8.1f} us")
+            print(f"variant {k:24s} {v * 1e6:8.1f} us")
     if a.json:
         a.json.write_text(json.dumps(rec, indent=1))
-    print(f"\n{'shape dtype':22s} {'host':>5s} {'fwd us':>8s} {'kern':>7s} {'%copy':>6s} {'%exp':>5s} {'exp=fma':>7s} "
-          f"{'bwd kern':>8s} {'%copy':>6s} {'f+b us':>8s} {'x ref f':>7s} {'x ref f+b':>9s}")
+    print(f"\n{'shape dtype':22s} {'host':>5s} {'fwd us':>8s} {'kern':>7s} {'(k)':>4s} {'%copy':>6s} {'%exp':>5s} "
+          f"{'exp=fma':>7s} {'f+save':>7s} {'bwd kern':>8s} {'%copy':>6s} {'f+b us':>8s} {'x ref f':>7s} {'x ref f+b':>9s}")
     for k, r in rec["timings"].items():
-        print(f"{k:22s} {r['fwd_host'] * 1e6:5.0f} {r['fwd'] * 1e6:8.1f} {r['fwd_kernel'] * 1e6:7.1f} {100 * r['fwd_bw_frac']:6.1f} "
-              f"{100 * r['fwd_exp_frac']:5.1f} {r['fwd_kernel_exp_as_fma'] * 1e6:7.1f} "
+        print(f"{k:22s} {r['fwd_host'] * 1e6:5.0f} {r['fwd'] * 1e6:8.1f} {r['fwd_kernel'] * 1e6:7.1f} "
+              f"{r['fwd_kernel_name']:>4s} {100 * r['fwd_bw_frac']:6.1f} "
+              f"{100 * r['fwd_exp_frac']:5.1f} {r['fwd_kernel_exp_as_fma'] * 1e6:7.1f} {r['fwd_save_kernel'] * 1e6:7.1f} "
               f"{r['bwd_kernel'] * 1e6:8.1f} {100 * r['bwd_bw_frac']:6.1f} {r['fwd_bwd'] * 1e6:8.1f} "
               f"{r.get('speedup_fwd', float('nan')):7.1f} {r.get('speedup_fwd_bwd', float('nan')):9.1f}")
 

@@ -8,6 +8,7 @@ Float64 inputs go to the PyTorch reference instead, which keeps float64.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -20,12 +21,16 @@ from ssmprune_cli.errors import BadInputError
 from . import SCAN_FUNCTION_NAME  # noqa: F401  (the class name below must match it)
 from . import selective_scan_kernels as K
 
-# Launch shapes: channels per program and warps. Each thread holds 4 states x BE/(8*warps) channels. The loops are
-# latency-bound, so one-warp programs (more of them in flight, channel sums without shared memory) measured fastest
-# on the H200 (docs/benchmarks.md); benchmarks/scan.py --variants compares others.
-LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 16, "num_warps": 1}, "bwd": {"BE": 16, "num_warps": 1}}
+# Launch shapes: channels per program and warps, measured on the H200 (docs/benchmarks.md; benchmarks/scan.py
+# --variants compares others). "fwd" and "bwd": each thread holds 4 states x BE/(8*warps) channels; one-warp programs
+# measured fastest. "fwd_tpc": the inference forward for 16-bit activations, one channel per thread (BE = 32 x
+# warps), taken when the grid gives every SM at least `min_warps_per_sm` warps: with fewer it is latency-starved
+# (1.66 ms against 1.01 ms at b=8, e=2048, l=4096), and in float32 or with states saved it measured slower too.
+# "maxnreg" caps registers where given.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 16, "num_warps": 1}, "bwd": {"BE": 16, "num_warps": 1},
+                                     "fwd_tpc": {"BE": 32, "num_warps": 1, "min_warps_per_sm": 8}}
 
-_TILE = 8  # the forward's steps per tile; B and C copies are padded to a multiple of it
+_TILE = 8  # the forwards' steps per tile; B and C copies are padded to a multiple of it
 
 
 def _empty(shape, dtype, device) -> Tensor:
@@ -80,14 +85,21 @@ class SelectiveScanFn(torch.autograd.Function):
         flags = _flags(D, z, delta_bias, delta_softplus, gap, delta_fill)
         out = _empty((b, e, l), u.dtype, u.device)
         hs = _empty((b, Lp // K.CHECKPOINT, e, NP), torch.float32, u.device) if save else A2
-        cfg = LAUNCH["fwd"]
         if l > 0:
-            K._fwd_kernel[(triton.cdiv(e, cfg["BE"]), b)](
-                u, delta, A2, Bt, Ct, _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), out, hs,
-                l, e, Lp,
-                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
-                BE=cfg["BE"], NP=NP, SAVE=bool(save), num_warps=cfg["num_warps"], PROBE=cfg.get("PROBE", 0),
-                **flags)
+            common = (l, e, Lp)
+            strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap))
+            opt = _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), out, hs
+            if _use_tpc(u, save, b, e):
+                cfg = LAUNCH["fwd_tpc"]
+                K._fwd_kernel_tpc[(triton.cdiv(e, cfg["BE"]), b)](
+                    u, delta, A2.t().contiguous(), Bt, Ct, *opt[:-1], *common, e, *strides,
+                    BE=cfg["BE"], NP=NP, PROBE=cfg.get("PROBE", 0), PREFETCH=cfg.get("PREFETCH", 1),
+                    **_launch(cfg), **flags)
+            else:
+                cfg = LAUNCH["fwd"]
+                K._fwd_kernel_rows[(triton.cdiv(e, cfg["BE"]), b)](
+                    u, delta, A2, Bt, Ct, *opt, *common, *strides,
+                    BE=cfg["BE"], NP=NP, SAVE=bool(save), PROBE=cfg.get("PROBE", 0), **_launch(cfg), **flags)
         if save:
             ctx.save_for_backward(u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs)
             ctx.meta = (N, NP, Lp, flags, A.dtype, B.dtype, C.dtype, B_bias is not None and B_bias.dim() == 2,
@@ -116,7 +128,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 l, e, Lp,
                 u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
                 dout.stride(0), dout.stride(1),
-                BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **flags)
+                BE=cfg["BE"], NP=NP, **_launch(cfg), **flags)
         dBfull = dBt[:, :l, :N].transpose(1, 2)
         dB = dBfull.to(B_dt)
         dC = dCt[:, :l, :N].transpose(1, 2).to(C_dt)
@@ -125,6 +137,30 @@ class SelectiveScanFn(torch.autograd.Function):
             dB_bias = dBfull.sum(0) if shared_bias else dBfull
         return (du, ddelta, dA2[:, :N].to(A_dt), dB, dC, _cast(dD, D_dt), dz, _cast(dbias, bias_dt), None,
                 dB_bias, None, _cast(dfill, fill_dt), None)
+
+
+def _use_tpc(u: Tensor, save: bool, b: int, e: int) -> bool:
+    """Whether the one-channel-per-thread forward serves this call (LAUNCH["fwd_tpc"] says when)."""
+    cfg = LAUNCH["fwd_tpc"]
+    if save or u.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if cfg["BE"] != 32 * cfg["num_warps"]:
+        raise ValueError("the one-channel-per-thread forward needs BE = 32 x num_warps")
+    sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
+    return b * triton.cdiv(e, cfg["BE"]) * cfg["num_warps"] >= cfg["min_warps_per_sm"] * sms
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch(cfg: Dict[str, int]) -> Dict[str, int]:
+    """Triton launch options of a LAUNCH entry (the interpreter takes no register cap)."""
+    out = {"num_warps": cfg["num_warps"]}
+    if cfg.get("maxnreg") and not K.INTERPRET:
+        out["maxnreg"] = cfg["maxnreg"]
+    return out
 
 
 def _or(x: Optional[Tensor], dummy: Tensor) -> Tensor:

@@ -1,9 +1,11 @@
 """Triton kernels for the Mamba-1 selective scan, forward and backward (docs/kernels.md explains the design).
 
 One program owns one batch row and BE channels and walks the sequence step by step; the state (NP, BE) stays in
-registers. Each thread holds a 4 (state) x k (channel) block of it: the layout Triton derives from the 2-D load of
-A, which keeps both the sum over states (y, the input gradient) and the sum over channels (dB, dC) mostly inside a
-thread. Per-token inputs are read as coalesced (BE, chunk) tiles and split into per-step columns in registers.
+registers. In `_fwd_kernel_rows` and `_bwd_kernel` each thread holds a 4 (state) x k (channel) block of it: the
+layout Triton derives from the 2-D load of A, which keeps both the sum over states (y, the input gradient) and the
+sum over channels (dB, dC) mostly inside a thread. `_fwd_kernel_tpc`, the inference forward for 16-bit
+activations, gives each thread one channel and all its states instead. Per-token inputs are read as coalesced
+(BE, chunk) tiles and split into per-step columns in registers.
 
 The forward saves the state every 4 steps when a backward will follow; the backward walks 4-step chunks in reverse,
 recomputes each chunk from its saved state (one exp per element, kept in registers) and runs the adjoint recurrence
@@ -11,7 +13,8 @@ g_t = C_t dy_t + a_{t+1} g_{t+1} through it.
 
 Pointer conventions (all set up by selective_scan_fn.py):
     u, delta, z, dout: (b, e, l), last dim contiguous; out, du, ddelta, dz: contiguous (b, e, l)
-    A2 = A * log2(e): (e, NP) fp32, zero-padded states (a padded state decays by 1 and receives nothing)
+    A2 = A * log2(e): (e, NP) fp32, zero-padded states (a padded state decays by 1 and receives nothing);
+        _fwd_kernel_tpc reads its transpose (NP, e)
     Bt, Ct = (B + B_bias), C as (b, Lp, NP) fp32, zero-padded in steps and states
     hs: (b, Lp // 4, e, NP) fp32 states before each 4-step chunk
 """
@@ -158,7 +161,121 @@ def _rows4(ptr, t0, offs_n, NP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexpr):
+def _row16(ptr, offs_n, VEC: tl.constexpr):
+    """The (16,) float32 row at ptr, every thread holding all of it: four 16-byte loads from one address (the
+    other 15 pointer operands are unused and compiled away); a plain load of a replicated row issues 16.
+
+    The vector form assumes what the one-channel-per-thread layout gives: each asm instance receives one thread's
+    16 row elements in order. The CUDA tests hold it to the plain load's results."""
+    if VEC:
+        return tl.inline_asm_elementwise(
+            "ld.global.nc.v4.f32 {$0,$1,$2,$3}, [$16]; ld.global.nc.v4.f32 {$4,$5,$6,$7}, [$16+16]; "
+            "ld.global.nc.v4.f32 {$8,$9,$10,$11}, [$16+32]; ld.global.nc.v4.f32 {$12,$13,$14,$15}, [$16+48];",
+            "=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,=f,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l,l",
+            [ptr + offs_n], dtype=tl.float32, is_pure=True, pack=16)
+    else:
+        return tl.load(ptr + offs_n)
+
+
+@triton.jit
+def _prefetch_l1(ptr, FAST: tl.constexpr):
+    """Asks L1 for the 128-byte line at ptr; writes no register."""
+    if FAST:
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
+def _fwd_step(h, A2, dtd, dtu, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
+              PROBE: tl.constexpr):
+    """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
+    vec: tl.constexpr = FAST and NP == 16
+    b = _row16(Bt_ptr + t * NP, offs_n, vec)
+    c = _row16(Ct_ptr + t * NP, offs_n, vec)
+    if PROBE:
+        # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
+        a = dtd[None, :] * A2 * 0.01 + 0.99
+    else:
+        a = _ex2(dtd[None, :] * A2, FAST)
+    h = a * h + dtu[None, :] * b[:, None]
+    return h, tl.sum(h * c[:, None], axis=0)
+
+
+@triton.jit
+def _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
+              PROBE: tl.constexpr):
+    """Steps t..t+3."""
+    h, y0 = _fwd_step(h, A2, d0, v0, Bt_ptr, Ct_ptr, t + 0, offs_n, NP, FAST, PROBE)
+    h, y1 = _fwd_step(h, A2, d1, v1, Bt_ptr, Ct_ptr, t + 1, offs_n, NP, FAST, PROBE)
+    h, y2 = _fwd_step(h, A2, d2, v2, Bt_ptr, Ct_ptr, t + 2, offs_n, NP, FAST, PROBE)
+    h, y3 = _fwd_step(h, A2, d3, v3, Bt_ptr, Ct_ptr, t + 3, offs_n, NP, FAST, PROBE)
+    return h, y0, y1, y2, y3
+
+
+# The inference forward (no saved states): one thread per channel with all its states, the layout of the A load
+# below, which its run-time row stride s_an keeps at one element per thread and row. The sum over states is then an
+# in-thread FMA chain and B/C rows are 16-byte loads shared by the warp: about half the instructions of
+# _fwd_kernel_rows per (channel, step, state). Per-token inputs come in (BE, 8) tiles that Triton loads along the
+# steps and converts through shared memory once per tile. L is never specialised, so those layouts stay the same
+# for every length.
+@triton.jit(do_not_specialize=["L", "s_an"])
+def _fwd_kernel_tpc(
+    # pointers
+    u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr,
+    # sizes; s_an = e, the row stride of A2T
+    L, E, Lp, s_an,
+    # strides, in elements
+    s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
+    # meta-parameters
+    BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr, PROBE: tl.constexpr = 0,
+    PREFETCH: tl.constexpr = 1,
+):
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    offs_n = tl.arange(0, NP)
+    me = offs_e < E
+    A2 = tl.load(A2T_ptr + offs_n[:, None] * s_an + offs_e[None, :], mask=me[None, :], other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    Bt_ptr += pid_b * Lp * NP
+    Ct_ptr += pid_b * Lp * NP
+    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
+    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
+    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    out_row = out_ptr + pid_b * E * L + offs_e[:, None] * L
+    gap_row = gap_ptr + pid_b * s_gb
+
+    h = tl.zeros((NP, BE), dtype=tl.float32)
+    for t0 in range(0, L, 8):
+        if PREFETCH:
+            if NP == 16:  # the next tile's B and C rows (measured: 230 -> 197 us, Vim-S bf16)
+                for j in tl.static_range(4):
+                    _prefetch_l1(Bt_ptr + (t0 + 8) * NP + j * 32, FAST)
+                    _prefetch_l1(Ct_ptr + (t0 + 8) * NP + j * 32, FAST)
+        xc, uc, zc, _unused, gc = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, t0, me, L, 8, HAS_Z,
+                                              HAS_GAP, False)
+        dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _cols8(dtd)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
+        h, y0, y1, y2, y3 = _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t0, offs_n, NP, FAST,
+                                      PROBE)
+        h, y4, y5, y6, y7 = _fwd_four(h, A2, d4, d5, d6, d7, v4, v5, v6, v7, Bt_ptr, Ct_ptr, t0 + 4, offs_n, NP,
+                                      FAST, PROBE)
+        y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
+        if HAS_D:
+            y += Dv[:, None] * uu
+        if HAS_Z:
+            zz = zc.to(tl.float32)
+            y *= zz * _sigmoid(zz, FAST)
+        tt = t0 + tl.arange(0, 8)
+        tl.store(out_row + tt[None, :], y.to(out_ptr.dtype.element_ty), mask=me[:, None] & (tt < L)[None, :])
+
+
+@triton.jit
+def _fwd_step_rows(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexpr):
     """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
     if PROBE:
         # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
@@ -169,10 +286,12 @@ def _fwd_step(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexpr):
     return h, tl.sum(h * c[:, None], axis=0)
 
 
-# L is never specialised: a length divisible by 16 would change the tile loads' layout and cost a shared-memory
-# round trip per step instead of one per tile.
+# The general forward (training, float32, and grids too small for one channel per thread): each thread holds
+# 4 states x BE/(8 warps) channels, the layout of the (e, NP) load of A; sums finish with warp shuffles. L is never
+# specialised: a length divisible by 16 would change the tile loads' layout and cost a shared-memory round trip per
+# step instead of one per tile.
 @triton.jit(do_not_specialize=["L"])
-def _fwd_kernel(
+def _fwd_kernel_rows(
     # pointers
     u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr, hs_ptr,
     # sizes
@@ -218,17 +337,17 @@ def _fwd_kernel(
         v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
         if SAVE:
             tl.store(hs_ptr + (t0 // 4) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y0 = _fwd_step(h, A2, d0, v0, b0, c0, FAST, PROBE)
-        h, y1 = _fwd_step(h, A2, d1, v1, b1, c1, FAST, PROBE)
-        h, y2 = _fwd_step(h, A2, d2, v2, b2, c2, FAST, PROBE)
-        h, y3 = _fwd_step(h, A2, d3, v3, b3, c3, FAST, PROBE)
+        h, y0 = _fwd_step_rows(h, A2, d0, v0, b0, c0, FAST, PROBE)
+        h, y1 = _fwd_step_rows(h, A2, d1, v1, b1, c1, FAST, PROBE)
+        h, y2 = _fwd_step_rows(h, A2, d2, v2, b2, c2, FAST, PROBE)
+        h, y3 = _fwd_step_rows(h, A2, d3, v3, b3, c3, FAST, PROBE)
         if SAVE:
             if t0 + 4 < L:
                 tl.store(hs_ptr + (t0 // 4 + 1) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y4 = _fwd_step(h, A2, d4, v4, b4, c4, FAST, PROBE)
-        h, y5 = _fwd_step(h, A2, d5, v5, b5, c5, FAST, PROBE)
-        h, y6 = _fwd_step(h, A2, d6, v6, b6, c6, FAST, PROBE)
-        h, y7 = _fwd_step(h, A2, d7, v7, b7, c7, FAST, PROBE)
+        h, y4 = _fwd_step_rows(h, A2, d4, v4, b4, c4, FAST, PROBE)
+        h, y5 = _fwd_step_rows(h, A2, d5, v5, b5, c5, FAST, PROBE)
+        h, y6 = _fwd_step_rows(h, A2, d6, v6, b6, c6, FAST, PROBE)
+        h, y7 = _fwd_step_rows(h, A2, d7, v7, b7, c7, FAST, PROBE)
         y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
         if HAS_D:
             y += Dv[:, None] * uu

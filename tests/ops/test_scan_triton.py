@@ -91,6 +91,54 @@ def test_large_delta(small_blocks):
     check(args, torch.float32)
 
 
+@pytest.fixture
+def one_channel_per_thread(monkeypatch):
+    """The inference forward for 16-bit activations at any grid size (normally only for grids that fill the GPU),
+    with calls counted so that a test can tell which forward ran."""
+    monkeypatch.setitem(fn_mod.LAUNCH, "fwd_tpc", {"BE": 32, "num_warps": 1, "min_warps_per_sm": 0})
+    calls = []
+    real = fn_mod.K._fwd_kernel_tpc
+
+    class Counted:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(fn_mod.K, "_fwd_kernel_tpc", Counted())
+    return calls
+
+
+@pytest.mark.parametrize("D,z,bias,softplus,B_bias,gap", OPTIONS[::2])
+def test_inference_forward_one_channel_per_thread(D, z, bias, softplus, B_bias, gap, one_channel_per_thread):
+    # 16-bit activations without a backward: one thread per channel, several blocks (e = 70), odd length
+    args = make_inputs(2, 70, 16 if D else 5, 21, D=D, z=z, bias=bias, softplus=softplus, B_bias=B_bias, gap=gap,
+                       act_dtype=torch.bfloat16, device=DEVICE)
+    if not softplus:  # Δ used as given: keep Δ + bias a positive step size (negative ones grow past float32)
+        args[1] = (args[1].float().abs() * 0.3).to(torch.bfloat16)
+        args[7] = None if args[7] is None else args[7].abs()
+    with torch.no_grad():
+        out = selective_scan_triton(*args)
+    assert len(one_channel_per_thread) == 1
+    assert out.dtype == torch.bfloat16 and out.shape == args[0].shape
+    assert rel(out, selective_scan_ref(*leaves(args, torch.float64, "cpu"))) < TOL[torch.bfloat16][0]
+
+
+def test_which_forward_serves(one_channel_per_thread, monkeypatch):
+    bf16 = make_inputs(2, 40, 16, 9, act_dtype=torch.bfloat16, device=DEVICE)
+    with torch.no_grad():
+        selective_scan_triton(*bf16)
+    assert len(one_channel_per_thread) == 1
+    selective_scan_triton(*leaves(bf16))                       # states saved for a backward: the general kernel
+    with torch.no_grad():
+        selective_scan_triton(*make_inputs(2, 40, 16, 9, device=DEVICE))      # float32: the general kernel
+    assert len(one_channel_per_thread) == 1
+    # a grid too small to give every SM its warps
+    monkeypatch.setitem(fn_mod.LAUNCH, "fwd_tpc", {"BE": 32, "num_warps": 1, "min_warps_per_sm": 10 ** 6})
+    with torch.no_grad():
+        selective_scan_triton(*bf16)
+    assert len(one_channel_per_thread) == 1
+
+
 def test_inference_forward_matches_training_forward():
     args = make_inputs(2, 7, 3, 15, device=DEVICE)
     with torch.no_grad():
