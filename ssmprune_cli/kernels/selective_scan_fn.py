@@ -88,17 +88,17 @@ class SelectiveScanFn(torch.autograd.Function):
         if l > 0:
             common = (l, e, Lp)
             strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap))
-            opt = _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), out, hs
+            opt = _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2)
             if _use_tpc(u, save, b, e):
                 cfg = LAUNCH["fwd_tpc"]
                 K._fwd_kernel_tpc[(triton.cdiv(e, cfg["BE"]), b)](
-                    u, delta, A2.t().contiguous(), Bt, Ct, *opt[:-1], *common, e, *strides,
+                    u, delta, A2.t().contiguous(), Bt, Ct, *opt, out, *common, e, *strides,
                     BE=cfg["BE"], NP=NP, PROBE=cfg.get("PROBE", 0), PREFETCH=cfg.get("PREFETCH", 1),
                     **_launch(cfg), **flags)
             else:
                 cfg = LAUNCH["fwd"]
                 K._fwd_kernel_rows[(triton.cdiv(e, cfg["BE"]), b)](
-                    u, delta, A2, Bt, Ct, *opt, *common, *strides,
+                    u, delta, A2, Bt, Ct, *opt, out, hs, *common, *strides,
                     BE=cfg["BE"], NP=NP, SAVE=bool(save), PROBE=cfg.get("PROBE", 0), **_launch(cfg), **flags)
         if save:
             ctx.save_for_backward(u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs)
