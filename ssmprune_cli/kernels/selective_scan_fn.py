@@ -26,7 +26,6 @@ from . import selective_scan_kernels as K
 # measured fastest. "fwd_tpc": the inference forward for 16-bit activations, one channel per thread (BE = 32 x
 # warps), taken when the grid gives every SM at least `min_warps_per_sm` warps: with fewer it is latency-starved
 # (1.66 ms against 1.01 ms at b=8, e=2048, l=4096), and in float32 or with states saved it measured slower too.
-# "maxnreg" caps registers where given.
 LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 16, "num_warps": 1}, "bwd": {"BE": 16, "num_warps": 1},
                                      "fwd_tpc": {"BE": 32, "num_warps": 1, "min_warps_per_sm": 8}}
 
@@ -94,12 +93,12 @@ class SelectiveScanFn(torch.autograd.Function):
                 K._fwd_kernel_tpc[(triton.cdiv(e, cfg["BE"]), b)](
                     u, delta, A2.t().contiguous(), Bt, Ct, *opt, out, *common, e, *strides,
                     BE=cfg["BE"], NP=NP, PROBE=cfg.get("PROBE", 0), PREFETCH=cfg.get("PREFETCH", 1),
-                    **_launch(cfg), **flags)
+                    num_warps=cfg["num_warps"], **flags)
             else:
                 cfg = LAUNCH["fwd"]
                 K._fwd_kernel_rows[(triton.cdiv(e, cfg["BE"]), b)](
                     u, delta, A2, Bt, Ct, *opt, out, hs, *common, *strides,
-                    BE=cfg["BE"], NP=NP, SAVE=bool(save), PROBE=cfg.get("PROBE", 0), **_launch(cfg), **flags)
+                    BE=cfg["BE"], NP=NP, SAVE=bool(save), PROBE=cfg.get("PROBE", 0), num_warps=cfg["num_warps"], **flags)
         if save:
             ctx.save_for_backward(u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs)
             ctx.meta = (N, NP, Lp, flags, A.dtype, B.dtype, C.dtype, B_bias is not None and B_bias.dim() == 2,
@@ -128,7 +127,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 l, e, Lp,
                 u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
                 dout.stride(0), dout.stride(1),
-                BE=cfg["BE"], NP=NP, **_launch(cfg), **flags)
+                BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **flags)
         dBfull = dBt[:, :l, :N].transpose(1, 2)
         dB = dBfull.to(B_dt)
         dC = dCt[:, :l, :N].transpose(1, 2).to(C_dt)
@@ -153,14 +152,6 @@ def _use_tpc(u: Tensor, save: bool, b: int, e: int) -> bool:
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _launch(cfg: Dict[str, int]) -> Dict[str, int]:
-    """Triton launch options of a LAUNCH entry (the interpreter takes no register cap)."""
-    out = {"num_warps": cfg["num_warps"]}
-    if cfg.get("maxnreg") and not K.INTERPRET:
-        out["maxnreg"] = cfg["maxnreg"]
-    return out
 
 
 def _or(x: Optional[Tensor], dummy: Tensor) -> Tensor:

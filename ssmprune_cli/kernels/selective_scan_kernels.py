@@ -154,6 +154,13 @@ def _delta_tiles(x, u, g, bias, fill, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.const
 
 
 @triton.jit
+def _token_rows(u_ptr, dl_ptr, z_ptr, gap_ptr, pid_b, offs_e, s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb):
+    """Row pointers of the program's channels into u, Δ and z, and its row of gap."""
+    return (u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue, dl_ptr + pid_b * s_db + offs_e[:, None] * s_de,
+            z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze, gap_ptr + pid_b * s_gb)
+
+
+@triton.jit
 def _rows4(ptr, t0, offs_n, NP: tl.constexpr):
     """The (NP,) rows of steps t0..t0+3 of a (Lp, NP) B or C copy."""
     return (tl.load(ptr + (t0 + 0) * NP + offs_n), tl.load(ptr + (t0 + 1) * NP + offs_n),
@@ -242,11 +249,9 @@ def _fwd_kernel_tpc(
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
     Bt_ptr += pid_b * Lp * NP
     Ct_ptr += pid_b * Lp * NP
-    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
-    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
-    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    u_row, dl_row, z_row, gap_row = _token_rows(u_ptr, dl_ptr, z_ptr, gap_ptr, pid_b, offs_e, s_ub, s_ue, s_db, s_de,
+                                                s_zb, s_ze, s_gb)
     out_row = out_ptr + pid_b * E * L + offs_e[:, None] * L
-    gap_row = gap_ptr + pid_b * s_gb
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
     for t0 in range(0, L, 8):
@@ -315,11 +320,9 @@ def _fwd_kernel_rows(
     Ct_ptr += pid_b * Lp * NP
     hs_ptr += pid_b * (Lp // 4) * E * NP
     hs_offs = offs_e[None, :] * NP + offs_n[:, None]
-    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
-    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
-    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    u_row, dl_row, z_row, gap_row = _token_rows(u_ptr, dl_ptr, z_ptr, gap_ptr, pid_b, offs_e, s_ub, s_ue, s_db, s_de,
+                                                s_zb, s_ze, s_gb)
     out_row = out_ptr + pid_b * E * L + offs_e[:, None] * L
-    gap_row = gap_ptr + pid_b * s_gb
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
     xn, un, zn, _unused, gn = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, 0, me, L, 8, HAS_Z, HAS_GAP,
@@ -413,12 +416,10 @@ def _bwd_kernel(
     dC_ptr += pid_b * Lp * NP
     hs_ptr += pid_b * (Lp // 4) * E * NP
     hs_offs = offs_e[None, :] * NP + offs_n[:, None]
-    u_row = u_ptr + pid_b * s_ub + offs_e[:, None] * s_ue
-    dl_row = dl_ptr + pid_b * s_db + offs_e[:, None] * s_de
-    z_row = z_ptr + pid_b * s_zb + offs_e[:, None] * s_ze
+    u_row, dl_row, z_row, gap_row = _token_rows(u_ptr, dl_ptr, z_ptr, gap_ptr, pid_b, offs_e, s_ub, s_ue, s_db, s_de,
+                                                s_zb, s_ze, s_gb)
     do_row = dout_ptr + pid_b * s_ob + offs_e[:, None] * s_oe
     g_off = pid_b * E * L + offs_e[:, None] * L
-    gap_row = gap_ptr + pid_b * s_gb
 
     w = tl.zeros((NP, BE), dtype=tl.float32)
     dA = tl.zeros((NP, BE), dtype=tl.float32)
