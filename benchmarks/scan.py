@@ -247,6 +247,7 @@ def variants(shape, dname):
         for be, nw in ((32, 1), (64, 2), (128, 4)):
             out[f"fwd_tpc BE={be} w={nw}"] = run("fwd_tpc", {"BE": be, "num_warps": nw}, False)
         out["fwd_tpc no L1 prefetch"] = run("fwd_tpc", {"PREFETCH": 0}, False)
+        out["fwd_tpc softplus 7 terms"] = run("fwd_tpc", {"TERMS": 7}, False)
         for be, nw in ((16, 1), (32, 2), (64, 4)):
             out[f"fwd BE={be} w={nw}"] = run("fwd", {"BE": be, "num_warps": nw}, False)
             out[f"fwd+save BE={be} w={nw}"] = run("fwd", {"BE": be, "num_warps": nw}, True)

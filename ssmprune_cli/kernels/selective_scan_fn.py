@@ -12,8 +12,6 @@ import functools
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
-import triton
 from torch import Tensor
 
 from ssmprune_cli.errors import BadInputError
@@ -30,6 +28,7 @@ LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"BE": 16, "num_warps": 1}, "bwd": {
                                      "fwd_tpc": {"BE": 32, "num_warps": 1, "min_warps_per_sm": 8}}
 
 _TILE = 8  # the forwards' steps per tile; B and C copies are padded to a multiple of it
+_PACK_STEPS = 64  # steps per program of the B/C copy kernel
 
 
 def _empty(shape, dtype, device) -> Tensor:
@@ -46,17 +45,33 @@ def _vec(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.detach().float().contiguous()
 
 
+def _cdiv(a: int, b: int) -> int:
+    # triton.cdiv is a constexpr function: called from Python it costs ~7 us a time (a fifth of the launcher)
+    return -(-a // b)
+
+
 def _padded_states(N: int) -> int:
-    return max(2, triton.next_power_of_2(N))
+    return max(2, 1 << (N - 1).bit_length())
 
 
 def _bc_copies(B: Tensor, C: Tensor, B_bias: Optional[Tensor], NP: int, Lp: int) -> Tuple[Tensor, Tensor]:
-    """(b, Lp, NP) float32 copies of B + B_bias and C, zero-padded: one 16-byte row per step and state block."""
-    n, l = int(B.shape[1]), int(B.shape[2])
-    Bs = B.float() if B_bias is None else B.float() + B_bias.float()
-    pad = (0, NP - n, 0, Lp - l)
-    # contiguous(): with nothing to pad, F.pad hands back the transposed view itself
-    return F.pad(Bs.transpose(1, 2), pad).contiguous(), F.pad(C.float().transpose(1, 2), pad).contiguous()
+    """(b, Lp, NP) float32 copies of B + B_bias and C, zero-padded: one 16-byte row per step and state block.
+    One kernel writes both (on the host side this is one launch instead of about six tensor operations)."""
+    b, n, l = (int(s) for s in B.shape)
+    Bt = torch.empty((b, Lp, NP), dtype=torch.float32, device=B.device)
+    Ct = torch.empty((b, Lp, NP), dtype=torch.float32, device=B.device)
+    X = B if B_bias is None else B_bias
+    xs = (0, *X.stride()) if X.dim() == 2 else X.stride()  # a shared (n, l) bias has no batch stride
+    K._pack_bc_kernel[(_cdiv(Lp, _PACK_STEPS), b)](
+        B, C, X, Bt, Ct, n, l, Lp, *B.stride(), *C.stride(), *xs,
+        NP=NP, BL=_PACK_STEPS, HAS_X=B_bias is not None, num_warps=4)
+    return Bt, Ct
+
+
+def _scaled_transpose(A: Tensor) -> Tensor:
+    """(n, e) float32 copy of A * log2(e), e contiguous: what the one-channel-per-thread forward reads."""
+    e, n = (int(s) for s in A.shape)
+    return torch.mul(A.t().float(), K.LOG2E, out=torch.empty((n, e), dtype=torch.float32, device=A.device))
 
 
 def _flags(D, z, delta_bias, delta_softplus, gap, delta_fill) -> Dict[str, bool]:
@@ -74,33 +89,32 @@ class SelectiveScanFn(torch.autograd.Function):
         b, e, l = (int(s) for s in u.shape)  # ints even under jit tracing, where shapes are traced tensors
         N = int(A.shape[1])
         NP = _padded_states(N)
-        Lp = triton.cdiv(max(l, 1), _TILE) * _TILE
+        Lp = _cdiv(max(l, 1), _TILE) * _TILE
         u, delta = _rows(u), _rows(delta)
         z = None if z is None else _rows(z)
         gap = None if gap is None else _rows(gap)
-        A2 = F.pad(A.detach().float() * K.LOG2E, (0, NP - N)).contiguous()
+        A = A.detach()
         Bt, Ct = _bc_copies(B.detach(), C.detach(), None if B_bias is None else B_bias.detach(), NP, Lp)
         Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
         flags = _flags(D, z, delta_bias, delta_softplus, gap, delta_fill)
         out = _empty((b, e, l), u.dtype, u.device)
-        hs = _empty((b, Lp // K.CHECKPOINT, e, NP), torch.float32, u.device) if save else A2
+        hs = _empty((b, Lp // K.CHECKPOINT, e, NP), torch.float32, u.device) if save else Bt
         if l > 0:
-            common = (l, e, Lp)
+            common = (l, e, Lp, N)
             strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap))
-            opt = _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2)
+            opt = _or(Dv, Bt), _or(z, u), _or(bias, Bt), _or(gap, u), _or(fill, Bt)
             if _use_tpc(u, save, b, e):
                 cfg = LAUNCH["fwd_tpc"]
-                K._fwd_kernel_tpc[(triton.cdiv(e, cfg["BE"]), b)](
-                    u, delta, A2.t().contiguous(), Bt, Ct, *opt, out, *common, e, *strides,
-                    BE=cfg["BE"], NP=NP, PROBE=cfg.get("PROBE", 0), PREFETCH=cfg.get("PREFETCH", 1),
-                    num_warps=cfg["num_warps"], **flags)
+                K._fwd_kernel_tpc[(_cdiv(e, cfg["BE"]), b)](
+                    u, delta, _scaled_transpose(A), Bt, Ct, *opt, out, *common, e, *strides,
+                    BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **_extra(cfg), **flags)
             else:
                 cfg = LAUNCH["fwd"]
-                K._fwd_kernel_rows[(triton.cdiv(e, cfg["BE"]), b)](
-                    u, delta, A2, Bt, Ct, *opt, out, hs, *common, *strides,
-                    BE=cfg["BE"], NP=NP, SAVE=bool(save), PROBE=cfg.get("PROBE", 0), num_warps=cfg["num_warps"], **flags)
+                K._fwd_kernel_rows[(_cdiv(e, cfg["BE"]), b)](
+                    u, delta, A, Bt, Ct, *opt, out, hs, *common, A.stride(1), A.stride(0), *strides,
+                    BE=cfg["BE"], NP=NP, SAVE=bool(save), num_warps=cfg["num_warps"], **_extra(cfg), **flags)
         if save:
-            ctx.save_for_backward(u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs)
+            ctx.save_for_backward(u, delta, A, Bt, Ct, Dv, z, bias, gap, fill, hs)
             ctx.meta = (N, NP, Lp, flags, A.dtype, B.dtype, C.dtype, B_bias is not None and B_bias.dim() == 2,
                         None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype,
                         None if delta_fill is None else delta_fill.dtype)
@@ -108,7 +122,7 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A2, Bt, Ct, Dv, z, bias, gap, fill, hs = ctx.saved_tensors
+        u, delta, A, Bt, Ct, Dv, z, bias, gap, fill, hs = ctx.saved_tensors
         N, NP, Lp, flags, A_dt, B_dt, C_dt, shared_bias, D_dt, bias_dt, fill_dt = ctx.meta
         b, e, l = (int(s) for s in u.shape)
         dout = _rows(dout)
@@ -121,13 +135,13 @@ class SelectiveScanFn(torch.autograd.Function):
         dD, dbias, dfill = (torch.zeros((e,), **f32) if t is not None else None for t in (Dv, bias, fill))
         cfg = LAUNCH["bwd"]
         if l > 0:
-            K._bwd_kernel[(triton.cdiv(e, cfg["BE"]), b)](
-                u, delta, A2, Bt, Ct, _or(Dv, A2), _or(z, u), _or(bias, A2), _or(gap, u), _or(fill, A2), hs, dout,
+            K._bwd_kernel[(_cdiv(e, cfg["BE"]), b)](
+                u, delta, A, Bt, Ct, _or(Dv, Bt), _or(z, u), _or(bias, Bt), _or(gap, u), _or(fill, Bt), hs, dout,
                 du, ddelta, _or(dz, du), dBt, dCt, dA2, _or(dD, dA2), _or(dbias, dA2), _or(dfill, dA2),
-                l, e, Lp,
+                l, e, Lp, N, A.stride(1), A.stride(0),
                 u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *_bstrides(z), *_gstride(gap),
                 dout.stride(0), dout.stride(1),
-                BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **flags)
+                BE=cfg["BE"], NP=NP, num_warps=cfg["num_warps"], **_extra(cfg), **flags)
         dBfull = dBt[:, :l, :N].transpose(1, 2)
         dB = dBfull.to(B_dt)
         dC = dCt[:, :l, :N].transpose(1, 2).to(C_dt)
@@ -146,12 +160,17 @@ def _use_tpc(u: Tensor, save: bool, b: int, e: int) -> bool:
     if cfg["BE"] != 32 * cfg["num_warps"]:
         raise ValueError("the one-channel-per-thread forward needs BE = 32 x num_warps")
     sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
-    return b * triton.cdiv(e, cfg["BE"]) * cfg["num_warps"] >= cfg["min_warps_per_sm"] * sms
+    return b * _cdiv(e, cfg["BE"]) * cfg["num_warps"] >= cfg["min_warps_per_sm"] * sms
 
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: int) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _extra(cfg: Dict[str, int]) -> Dict[str, int]:
+    """A launch entry's kernel options beyond its shape (benchmark variants set them; see benchmarks/scan.py)."""
+    return {k: v for k, v in cfg.items() if k not in ("BE", "num_warps", "min_warps_per_sm")}
 
 
 def _or(x: Optional[Tensor], dummy: Tensor) -> Tensor:

@@ -13,9 +13,10 @@ g_t = C_t dy_t + a_{t+1} g_{t+1} through it.
 
 Pointer conventions (all set up by selective_scan_fn.py):
     u, delta, z, dout: (b, e, l), last dim contiguous; out, du, ddelta, dz: contiguous (b, e, l)
-    A2 = A * log2(e): (e, NP) fp32, zero-padded states (a padded state decays by 1 and receives nothing);
-        _fwd_kernel_tpc reads its transpose (NP, e)
-    Bt, Ct = (B + B_bias), C as (b, Lp, NP) fp32, zero-padded in steps and states
+    A: (e, n) with strides (s_ae, s_an); the kernels scale it by log2(e) as they load it (A2) and read states
+        n..NP-1 as zero (a padded state decays by 1 and receives nothing). _fwd_kernel_tpc reads A2 transposed,
+        (n, e), scaled on the host (its machine code scheduled 4 % faster that way, Vim-S bf16)
+    Bt, Ct = (B + B_bias), C as (b, Lp, NP) fp32, zero-padded in steps and states (written by _pack_bc_kernel)
     hs: (b, Lp // 4, e, NP) fp32 states before each 4-step chunk
 """
 
@@ -30,7 +31,7 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CHECKPOINT = 4  # steps between saved states; also the backward's chunk length
 
-LOG2E = 1.4426950408889634  # host side (A is pre-scaled so the kernels use exp2)
+LOG2E = 1.4426950408889634  # A is scaled by it, so the kernels use exp2
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)
 
@@ -55,20 +56,24 @@ def _rcp(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _softplus(x, FAST: tl.constexpr):
+def _softplus(x, FAST: tl.constexpr, TERMS: tl.constexpr = 7):
     """softplus(x) (identity above 20, as torch) and its derivative sigmoid(x).
 
     log1p(w), w = exp(-|x|) in (0, 1], is 2 atanh(s) with s = w / (2 + w) <= 1/3: an odd series accurate to
-    ~1e-8 after seven terms. It is exact for small w, where log(1 + w) would lose Vim's typical Δ ~ 1e-3,
-    and costs one reciprocal instead of a logarithm.
+    ~1e-8 after seven terms (TERMS = 7) and to 2e-5 relative after four (TERMS = 4, enough for 16-bit activations;
+    the error falls as s^8 away from x = 0). It is exact for small w, where log(1 + w) would lose Vim's typical
+    Δ ~ 1e-3, and costs one reciprocal instead of a logarithm.
     """
     w = _ex2(-tl.abs(x) * _LOG2E, FAST)
     r = _rcp(2.0 + w, FAST)
     s = w * r
     s2 = s * s
-    p = s2 * (1.0 / 13.0) + (1.0 / 11.0)
-    p = p * s2 + (1.0 / 9.0)
-    p = p * s2 + (1.0 / 7.0)
+    if TERMS == 7:
+        p = s2 * (1.0 / 13.0) + (1.0 / 11.0)
+        p = p * s2 + (1.0 / 9.0)
+        p = p * s2 + (1.0 / 7.0)
+    else:
+        p = s2 * (1.0 / 7.0)
     p = p * s2 + (1.0 / 5.0)
     p = p * s2 + (1.0 / 3.0)
     p = p * s2 + 1.0
@@ -135,13 +140,13 @@ def _load_tiles(dl_row, u_row, z_row, o_row, gap_row, t0, me, L, CH: tl.constexp
 
 @triton.jit
 def _delta_tiles(x, u, g, bias, fill, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr,
-                 FAST: tl.constexpr):
+                 FAST: tl.constexpr, TERMS: tl.constexpr = 7):
     """Per-token tiles: dt (input stream), dtd (decay stream), dt*u, u and softplus'(pre-activation)."""
     x = x.to(tl.float32)
     if HAS_BIAS:
         x += bias[:, None]
     if SOFTPLUS:
-        dt, dsp = _softplus(x, FAST)
+        dt, dsp = _softplus(x, FAST, TERMS)
     else:
         dt = x
         dsp = tl.full(x.shape, 1.0, tl.float32)
@@ -151,6 +156,36 @@ def _delta_tiles(x, u, g, bias, fill, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.const
     else:
         dtd = dt
     return dt, dtd, dt * uu, uu, dsp
+
+
+@triton.jit
+def _load_a2(A_ptr, offs_n, offs_e, me, N, s_an, s_ae, SCALE: tl.constexpr):
+    """A * log2(e) as the (NP, BE) state tile (SCALE: the kernel multiplies; else the host did); states past N
+    read as zero."""
+    a = tl.load(A_ptr + offs_n[:, None] * s_an + offs_e[None, :] * s_ae, mask=(offs_n < N)[:, None] & me[None, :],
+                other=0.0).to(tl.float32)
+    return a * _LOG2E if SCALE else a
+
+
+@triton.jit
+def _pack_bc_kernel(B_ptr, C_ptr, X_ptr, Bt_ptr, Ct_ptr, N, L, Lp,
+                    s_bb, s_bn, s_bl, s_cb, s_cn, s_cl, s_xb, s_xn, s_xl,
+                    NP: tl.constexpr, BL: tl.constexpr, HAS_X: tl.constexpr):
+    """Bt = B + B_bias (X) and Ct = C, each (b, N, L) in any dtype and strides, as (b, Lp, NP) float32 with
+    zeros past N and L: one launch for what would otherwise be several copies on the host's side."""
+    pid_l = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    tt = pid_l * BL + tl.arange(0, BL)
+    nn = tl.arange(0, NP)
+    m = (tt < L)[:, None] & (nn < N)[None, :]
+    b = tl.load(B_ptr + pid_b * s_bb + nn[None, :] * s_bn + tt[:, None] * s_bl, mask=m, other=0.0).to(tl.float32)
+    if HAS_X:
+        b += tl.load(X_ptr + pid_b * s_xb + nn[None, :] * s_xn + tt[:, None] * s_xl, mask=m, other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + pid_b * s_cb + nn[None, :] * s_cn + tt[:, None] * s_cl, mask=m, other=0.0).to(tl.float32)
+    dst = pid_b * Lp * NP + tt[:, None] * NP + nn[None, :]
+    inside = (tt < Lp)[:, None] & (nn < NP)[None, :]
+    tl.store(Bt_ptr + dst, b, mask=inside)
+    tl.store(Ct_ptr + dst, c, mask=inside)
 
 
 @triton.jit
@@ -219,31 +254,32 @@ def _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t, offs_n, 
     return h, y0, y1, y2, y3
 
 
-# The inference forward (no saved states): one thread per channel with all its states, the layout of the A load
-# below, which its run-time row stride s_an keeps at one element per thread and row. The sum over states is then an
+# The inference forward (no saved states): one thread per channel with all its states, the layout of the load of
+# A's transpose below, whose run-time row stride s_an keeps it at one element per thread and row. The sum over states
+# is then an
 # in-thread FMA chain and B/C rows are 16-byte loads shared by the warp: about half the instructions of
 # _fwd_kernel_rows per (channel, step, state). Per-token inputs come in (BE, 8) tiles that Triton loads along the
 # steps and converts through shared memory once per tile. L is never specialised, so those layouts stay the same
 # for every length.
 @triton.jit(do_not_specialize=["L", "s_an"])
 def _fwd_kernel_tpc(
-    # pointers
+    # pointers; A2T = (A * log2(e)) transposed, (n, e) with e contiguous
     u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr,
     # sizes; s_an = e, the row stride of A2T
-    L, E, Lp, s_an,
+    L, E, Lp, N, s_an,
     # strides, in elements
     s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
     # meta-parameters
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr, PROBE: tl.constexpr = 0,
-    PREFETCH: tl.constexpr = 1,
+    PREFETCH: tl.constexpr = 1, TERMS: tl.constexpr = 4,  # softplus series terms: 16-bit inputs only
 ):
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BE + tl.arange(0, BE)
     offs_n = tl.arange(0, NP)
     me = offs_e < E
-    A2 = tl.load(A2T_ptr + offs_n[:, None] * s_an + offs_e[None, :], mask=me[None, :], other=0.0)
+    A2 = _load_a2(A2T_ptr, offs_n, offs_e, me, N, s_an, 1, False)
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
@@ -262,7 +298,7 @@ def _fwd_kernel_tpc(
                     _prefetch_l1(Ct_ptr + (t0 + 8) * NP + j * 32, FAST)
         xc, uc, zc, _unused, gc = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, t0, me, L, 8, HAS_Z,
                                               HAS_GAP, False)
-        dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST)
+        dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST, TERMS)
         d0, d1, d2, d3, d4, d5, d6, d7 = _cols8(dtd)
         v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
         h, y0, y1, y2, y3 = _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t0, offs_n, NP, FAST,
@@ -298,9 +334,9 @@ def _fwd_step_rows(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexp
 @triton.jit(do_not_specialize=["L"])
 def _fwd_kernel_rows(
     # pointers
-    u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr, hs_ptr,
-    # sizes
-    L, E, Lp,
+    u_ptr, dl_ptr, A_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, out_ptr, hs_ptr,
+    # sizes, and A's strides
+    L, E, Lp, N, s_an, s_ae,
     # strides, in elements
     s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
     # meta-parameters
@@ -312,7 +348,7 @@ def _fwd_kernel_rows(
     offs_e = pid_e * BE + tl.arange(0, BE)
     offs_n = tl.arange(0, NP)
     me = offs_e < E
-    A2 = tl.load(A2_ptr + offs_e[None, :] * NP + offs_n[:, None], mask=me[None, :], other=0.0)
+    A2 = _load_a2(A_ptr, offs_n, offs_e, me, N, s_an, s_ae, True)
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
@@ -391,10 +427,10 @@ def _adjoint_step(w, A2, a, ah, dtd, dtu, dy, dA, b, c, dB_ptr, t, offs_n, NP: t
 @triton.jit(do_not_specialize=["L"])
 def _bwd_kernel(
     # pointers
-    u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, hs_ptr, dout_ptr,
+    u_ptr, dl_ptr, A_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, hs_ptr, dout_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dfill_ptr,
-    # sizes
-    L, E, Lp,
+    # sizes, and A's strides
+    L, E, Lp, N, s_an, s_ae,
     # strides, in elements
     s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb, s_ob, s_oe,
     # meta-parameters
@@ -406,7 +442,7 @@ def _bwd_kernel(
     offs_e = pid_e * BE + tl.arange(0, BE)
     offs_n = tl.arange(0, NP)
     me = offs_e < E
-    A2 = tl.load(A2_ptr + offs_e[None, :] * NP + offs_n[:, None], mask=me[None, :], other=0.0)
+    A2 = _load_a2(A_ptr, offs_n, offs_e, me, N, s_an, s_ae, True)
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None

@@ -144,7 +144,8 @@ def test_inference_forward_matches_training_forward():
     with torch.no_grad():
         plain = selective_scan_triton(*args)
     trained = selective_scan_triton(*leaves(args))
-    assert torch.equal(plain, trained.detach())
+    # the same arithmetic, compiled twice: the GPU compiler may fuse different multiply-adds in each
+    assert rel(plain, trained) < 1e-6
     assert rel(plain, selective_scan_ref(*leaves(args, torch.float64, "cpu"))) < 1e-5
 
 
@@ -155,6 +156,28 @@ def test_strided_inputs():
     args[0] = wide[:, ::2]
     args[6] = torch.randn(2, 10, 6, device=DEVICE).transpose(1, 2)
     check(args, torch.float32)
+
+
+def _strided_state_inputs(act_dtype, A_dtype=torch.float32):
+    """A as a column-major (e, n) view, B, C and a batch B_bias with the state axis contiguous: all read in place."""
+    args = make_inputs(2, 37, 5, 13, B_bias="batch", act_dtype=act_dtype, device=DEVICE)
+    args[2] = args[2].t().contiguous().t().to(A_dtype)
+    for i in (3, 4, 9):
+        args[i] = args[i].transpose(1, 2).contiguous().transpose(1, 2)
+    assert args[2].stride() == (1, 37) and args[3].stride()[1:] == (1, 5)
+    return args
+
+
+def test_strided_state_parameters(small_blocks):
+    check(_strided_state_inputs(torch.float32), torch.float32)
+
+
+def test_strided_state_parameters_one_channel_per_thread(one_channel_per_thread):
+    args = _strided_state_inputs(torch.bfloat16, A_dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = selective_scan_triton(*args)
+    assert len(one_channel_per_thread) == 1
+    assert rel(out, selective_scan_ref(*leaves(args, torch.float64, "cpu"))) < TOL[torch.bfloat16][0]
 
 
 def test_aligned_scan_through_kernel(small_blocks):
