@@ -55,11 +55,15 @@ def test_vim_small_recipe_is_the_paper_schedule():
     assert 0.28 < reduction < 0.31  # about 29% fewer FLOPs (3.60 G quoted for the paper's count)
 
 
-def test_groupmamba_recipe_sites_span_stages():
+def test_groupmamba_recipe_sites_skip_stage_one():
     with torch.device("meta"):
         tiny = create_model("groupmamba_tiny")
     prune = recipes.resolve("groupmamba_tiny", "groupmamba")["prune"]
-    assert recipes.resolve_sites(tiny, prune) == ["1.1", "2.1", "3.1", "3.4"]
+    assert recipes.resolve_sites(tiny, prune) == ["2.1", "3.1", "3.4"]
+    # and it reaches the usual --ratio range
+    for ratio in (0.2, 0.3, 0.4):
+        pts = solve_ratio(tiny, recipes.resolve_sites(tiny, prune), ratio)
+        assert abs(1 - schedule_macs(tiny, pts) / dense_macs(tiny) - ratio) < 0.01
 
 
 def test_plainmamba_recipe_sites():
