@@ -183,9 +183,8 @@ def _pack_bc_kernel(B_ptr, C_ptr, X_ptr, Bt_ptr, Ct_ptr, N, L, Lp,
         b += tl.load(X_ptr + pid_b * s_xb + nn[None, :] * s_xn + tt[:, None] * s_xl, mask=m, other=0.0).to(tl.float32)
     c = tl.load(C_ptr + pid_b * s_cb + nn[None, :] * s_cn + tt[:, None] * s_cl, mask=m, other=0.0).to(tl.float32)
     dst = pid_b * Lp * NP + tt[:, None] * NP + nn[None, :]
-    inside = (tt < Lp)[:, None] & (nn < NP)[None, :]
-    tl.store(Bt_ptr + dst, b, mask=inside)
-    tl.store(Ct_ptr + dst, c, mask=inside)
+    tl.store(Bt_ptr + dst, b, mask=(tt < Lp)[:, None])
+    tl.store(Ct_ptr + dst, c, mask=(tt < Lp)[:, None])
 
 
 @triton.jit
