@@ -1,0 +1,135 @@
+"""Residual add + normalisation (+ gate) in one op: dispatch point and PyTorch reference.
+
+Shapes: x, residual, gate: (..., D), any leading shape; rows may be strided as long as the last dim is contiguous
+(a column slice `t[..., :D]` is read in place). weight, bias: (D,).
+
+Semantics (`add_norm_ref` is the definition):
+    s      = x + residual                 (x when residual is None), in float32; float64 if any input is float64
+    normed = s * rsqrt(mean(s^2) + eps) * weight (+ bias)                       kind="rms"   (mamba_ssm's RMSNorm)
+    normed = (s - mean(s)) * rsqrt(var(s) + eps) * weight (+ bias)              kind="layer" (torch's LayerNorm,
+                                                                                              biased variance)
+    out    = normed * gate                (when a gate is given: GroupMamba's `out_norm(y) * z`), in out_dtype
+Returns (out, residual_out):
+    out_dtype defaults to x.dtype.
+    residual_out is s in residual_dtype. It is returned whenever a residual is given, and when residual is None only
+    if residual_dtype is given (Vim's first block, where the residual stream starts as the hidden state); otherwise
+    it is None and never written. residual_dtype defaults to promote(x.dtype, residual.dtype, float32): Vim's
+    residual_in_fp32, which keeps float64 as float64.
+Both outputs are differentiable in x, residual, weight, bias and gate; gradients come back in their inputs' dtypes.
+
+Examples, as the models compute them:
+    Vim block:   hidden, residual = add_norm(hidden, residual, w, None, eps, "rms")           (residual: float32)
+    Vim block 0: hidden, residual = add_norm(hidden, None, w, None, eps, "rms",
+                                             residual_dtype=torch.promote_types(hidden.dtype, torch.float32))
+    PlainMamba:  h, _ = add_norm(x, None, ln.weight, ln.bias, ln.eps, "layer")   (= layer_norm(x, ...))
+    GroupMamba:  y, _ = add_norm(y, None, out_norm.weight, out_norm.bias, out_norm.eps, "layer", gate=z)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_KINDS = ("rms", "layer")
+_BACKENDS = (None, "auto", "triton", "reference")
+_KERNELS = "ssmprune_cli.kernels.fused_norm"
+MAX_WIDTH = 4096  # widest row the Triton kernels take in one block (kernels/fused_norm.py); wider go to the reference
+
+
+def _check(x, residual, weight, bias, kind, gate) -> None:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown norm kind {kind!r}; choose 'rms' or 'layer'")
+    if torch.jit.is_tracing():  # shapes are traced values there (comparing them warns); eager calls check
+        return
+    D = x.shape[-1]
+    for name, t in (("residual", residual), ("gate", gate)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"add_norm: {name} has shape {tuple(t.shape)}, x has {tuple(x.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (D,):
+            raise ValueError(f"add_norm: {name} has shape {tuple(t.shape)}, expected ({D},)")
+
+
+def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_dtype: Optional[torch.dtype]
+                    ) -> Optional[torch.dtype]:
+    """The residual output's dtype, or None when there is none (see the module docstring)."""
+    if residual_dtype is not None:
+        return residual_dtype
+    if residual is None:
+        return None
+    return torch.promote_types(torch.promote_types(x.dtype, residual.dtype), torch.float32)
+
+
+def add_norm_ref(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], eps: float,
+                 kind: str, out_dtype: Optional[torch.dtype] = None, residual_dtype: Optional[torch.dtype] = None,
+                 gate: Optional[Tensor] = None, backend: Optional[str] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """The definition, in plain differentiable PyTorch (`backend` is accepted and ignored)."""
+    _check(x, residual, weight, bias, kind, gate)
+    dtype = torch.float64 if _any_float64(x, residual, weight, bias, gate) else torch.float32
+    s = x.to(dtype) if residual is None else x.to(dtype) + residual.to(dtype)
+    if kind == "rms":
+        normed = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        centred = s - s.mean(-1, keepdim=True)
+        normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    normed = normed * weight.to(dtype)
+    if bias is not None:
+        normed = normed + bias.to(dtype)
+    if gate is not None:
+        normed = normed * gate.to(dtype)
+    res_dtype = _residual_dtype(x, residual, residual_dtype)
+    return normed.to(out_dtype or x.dtype), None if res_dtype is None else s.to(res_dtype)
+
+
+def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], eps: float, kind: str,
+             out_dtype: Optional[torch.dtype] = None, residual_dtype: Optional[torch.dtype] = None,
+             gate: Optional[Tensor] = None, backend: Optional[str] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """Fused residual add + RMSNorm / LayerNorm (+ gate); see the module docstring for the semantics.
+
+    backend None / "auto": the Triton kernels for CUDA tensors (rows up to MAX_WIDTH wide), the reference otherwise.
+    "triton" forces the kernels (CUDA tensors, or any under TRITON_INTERPRET=1), "reference" the reference.
+    Float64 inputs always take the reference (it computes in float64), and so does a torch.jit trace, so that FLOP
+    counting sees ordinary (uncounted) elementwise ops instead of a Python op.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown add_norm backend {backend!r}; choose 'auto', 'triton' or 'reference'")
+    if torch.jit.is_tracing():
+        use_triton = False
+    elif backend is None or backend == "auto":
+        use_triton = x.is_cuda and 0 < x.shape[-1] <= MAX_WIDTH
+    else:
+        use_triton = backend == "triton"
+    if not use_triton or _any_float64(x, residual, weight, bias, gate):
+        return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate)
+    _check(x, residual, weight, bias, kind, gate)
+    return _kernels().add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms", out_dtype or x.dtype,
+                                      _residual_dtype(x, residual, residual_dtype), gate)
+
+
+def _any_float64(*tensors: Optional[Tensor]) -> bool:
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return True
+    return False
+
+
+def _kernels():
+    """ssmprune_cli.kernels.fused_norm, imported (with triton) on first use; later calls skip the import machinery
+    (a function-level `from ... import` costs about 2 us a call)."""
+    module = sys.modules.get(_KERNELS)
+    return module if module is not None else importlib.import_module(_KERNELS)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Weight-only RMSNorm of x's rows (Vim's RMSNorm), in x's dtype: `add_norm` without a residual."""
+    return add_norm(x, None, weight, None, eps, "rms")[0]
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, gate: Optional[Tensor] = None
+               ) -> Tensor:
+    """LayerNorm of x's rows (then `* gate` when given), in x's dtype: `add_norm` without a residual."""
+    return add_norm(x, None, weight, bias, eps, "layer", gate=gate)[0]
