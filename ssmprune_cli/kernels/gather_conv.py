@@ -1,0 +1,424 @@
+"""Triton kernels for the gather conv (a depthwise conv read through a position map), forward and backward, and
+its torch.autograd.Function. Shapes and semantics are those of `ssmprune_cli.ops.gather_conv` (its docstring is
+the definition); docs/kernels.md ("Gather conv") explains the design.
+
+Forward: a program owns BT outputs x BC channels of one image. For each tap (a loop over the KH rows of taps,
+each unrolled over KW) it computes the tap's grid position for each output, masks it to the grid, looks up `src`
+(one int load per output, shared by the channel block), then loads a (BT, BC) tile of x rows (coalesced along
+channels) and adds it times the tap's weights in float32. Taps of neighbouring outputs read the same rows, so
+they come from L1/L2: HBM sees about one read of x and one write of out.
+
+Backward, three kernels:
+    _bwd_pre_kernel  only with SiLU: dpre = dout * silu'(a), the pre-activation a recomputed (not saved by the
+                     forward), stored as float32 (b, M, C). Without SiLU the gradient at the outputs is dout.
+    _bwd_w_kernel    dweight and dbias: per program ROWS outputs of one image and BC channels; for each tap, the
+                     products of the output gradient and the x rows the tap read, summed elementwise over tiles and
+                     reduced once, then one float32 atomic add per (tap, channel).
+    _bwd_x_kernel    dx, the transposed conv: for each grid position p that reads a row of x (src[p] >= 0), the
+                     sum over taps of weight * gradient at the output that the tap feeds from p (mirrored offset,
+                     looked up through the inverse of `keep`), added to dx[src[p]] with a float32 atomic (hold
+                     fills map several positions to one row). Without `src`, p is row p: a plain store.
+dx thus costs one atomic per (position, channel) instead of one per (output, tap, channel), 49 for a 7x7 conv.
+
+Pointer conventions (set up by the launcher below):
+    x (b, K, C), dout (b, M, C): any strides; out, dpre (b, M, C) and dx (b, K, C): contiguous
+    wt (KH*KW, C): float32 copy of the taps, contiguous; bias (C,): float32, contiguous
+    keep (b, M), src (b, L): int32 or int64, any strides, read in place (loaded values cast to int32)
+    outrank (b, L) int32: the output index at each position, -1 where none (the backward's inverse of keep)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ssmprune_cli.errors import BadInputError
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Launch shapes. TILE: elements (outputs x channels) of a program's tile; BC: channels per program, capped at C
+# rounded up to a power of two (narrow convs, GroupMamba's 16 channels a group, get taller tiles instead); BT =
+# TILE // BC outputs. "bwd_w" walks ROWS outputs per program in BT-output tiles, so one float32 atomic per
+# (channel, tap) covers ROWS outputs. Chosen from the machine code (sm_90, compiled here): with 4 warps and
+# BC = 64 the warps split only the outputs, so each tap's weights load straight into the layout of the x tile;
+# shapes whose warps also split channels (BC = 128 with 4 warps, BC = 64 with 2) convert that vector through
+# shared memory at every tap. Not yet timed on a GPU: `benchmarks/gather_conv.py --sweep KIND` compares others.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"TILE": 2048, "BC": 64, "num_warps": 4},
+                                     "bwd_pre": {"TILE": 2048, "BC": 64, "num_warps": 4},
+                                     "bwd_w": {"TILE": 2048, "BC": 64, "num_warps": 4, "ROWS": 512},
+                                     "bwd_x": {"TILE": 2048, "BC": 64, "num_warps": 4}}
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+# ----------------------------------------------------------------------------------------------- shared pieces
+@triton.jit
+def _channel_mask(offs_c, C, BC: tl.constexpr, EVEN_C: tl.constexpr):
+    """Channels inside C; all of them (a constant the compiler drops from every mask) when BC divides C."""
+    if EVEN_C:
+        return tl.full((BC,), 1, tl.int1)
+    else:
+        return offs_c < C
+
+
+@triton.jit
+def _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP: tl.constexpr):
+    """Raster position, grid row and column of each output (its entry in keep, or the output index itself)."""
+    if HAS_KEEP:
+        pos = tl.load(keep_ptr + pid_b * s_kb + offs_t * s_km, mask=mt, other=0).to(tl.int32)
+    else:
+        pos = offs_t
+    r = pos // W
+    return pos, r, pos - r * W
+
+
+@triton.jit
+def _tap(cols, at_pos, idx_row, pos, col, ok_r, W, s_il, s_row, DI, DJ: tl.constexpr, HAS_IDX: tl.constexpr):
+    """(BT, BC) pointers to the rows that each output's tap at offset (DI, DJ) reads, and whether it reads one:
+    inside the grid (ok_r is the row test, from the caller's loop over DI) and, read through an index map
+    (idx_row: src, or the inverse of keep), a row >= 0. Without a map the row is the position: at_pos + offset."""
+    cc = col + DJ
+    ok = ok_r & (cc >= 0) & (cc < W)
+    if HAS_IDX:
+        row = tl.load(idx_row + (pos + (DI * W + DJ)) * s_il, mask=ok, other=-1).to(tl.int32)
+        ok = ok & (row >= 0)
+        ptrs = cols + row.to(tl.int64)[:, None] * s_row
+    else:
+        ptrs = at_pos + (DI * W + DJ) * s_row
+    return ptrs, ok
+
+
+@triton.jit
+def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
+               s_xb, s_xk, s_xc, s_sb, s_sl,
+               KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
+               HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """(BT, BC) float32 sum over taps of weight * x read through src, without bias."""
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    x_cols = x_ptr + pid_b * s_xb + offs_c[None, :] * s_xc
+    x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
+    w_cols = wt_ptr + offs_c
+    src_row = src_ptr + pid_b * s_sb
+    for i in range(KH):  # a loop, not unrolled: bounds the loads in flight (registers)
+        di = (PH - i) if FLIP else (i - PH)
+        ok_r = mt & (r + di >= 0) & (r + di < H)
+        for j in tl.static_range(KW):
+            dj = (PW - j) if FLIP else (j - PW)
+            ptrs, ok = _tap(x_cols, x_pos, src_row, pos, col, ok_r, W, s_sl, s_xk, di, dj, HAS_SRC)
+            xv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
+            wv = tl.load(w_cols + (i * KW + j) * C, mask=mc, other=0.0)
+            acc += xv.to(tl.float32) * wv[None, :]
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_kernel(
+    # pointers
+    x_ptr, wt_ptr, bias_ptr, keep_ptr, src_ptr, out_ptr,
+    # dimensions
+    M, C, H, W,
+    # strides
+    s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_c = pid_c * BC + tl.arange(0, BC)
+    mt = offs_t < M
+    mc = _channel_mask(offs_c, C, BC, EVEN_C)
+    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+    acc = _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
+                     s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+    if SILU:
+        acc = acc / (1.0 + tl.exp2(-acc * _LOG2E))  # x * sigmoid(x); exp2 overflow gives -0, not NaN
+    dst = out_ptr + pid_b * M * C + offs_t[:, None] * C + offs_c[None, :]
+    tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=mt[:, None] & mc[None, :])
+
+
+# ----------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_pre_kernel(
+    # pointers
+    x_ptr, wt_ptr, bias_ptr, keep_ptr, src_ptr, dout_ptr, dpre_ptr,
+    # dimensions
+    M, C, H, W,
+    # strides
+    s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl, s_gb, s_gm, s_gc,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """With SiLU: dpre = dout * silu'(a), the pre-activation a recomputed as in the forward; float32 (b, M, C)."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_c = pid_c * BC + tl.arange(0, BC)
+    mt = offs_t < M
+    mc = _channel_mask(offs_c, C, BC, EVEN_C)
+    m2 = mt[:, None] & mc[None, :]
+    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+    a = _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
+                   s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC)
+    if HAS_BIAS:
+        a += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+    g = tl.load(dout_ptr + pid_b * s_gb + offs_t[:, None] * s_gm + offs_c[None, :] * s_gc, mask=m2,
+                other=0.0).to(tl.float32)
+    s = 1.0 / (1.0 + tl.exp2(-a * _LOG2E))
+    g = g * s * (1.0 + a * (1.0 - s))  # silu'(a) = s (1 + a (1 - s)), s = sigmoid(a)
+    tl.store(dpre_ptr + pid_b * M * C + offs_t[:, None] * C + offs_c[None, :], g, mask=m2)
+
+
+@triton.jit
+def _bwd_w_kernel(
+    # pointers
+    x_ptr, keep_ptr, src_ptr, g_ptr, dwt_ptr, db_ptr,
+    # dimensions
+    M, C, H, W,
+    # strides
+    s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl, s_gb, s_gm, s_gc,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, ROWS: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """dweight[tap] = sum over outputs of g * (x read by the tap), dbias = sum of g, over the program's ROWS outputs
+    of one image (a loop of BT-output tiles per tap, the tiles' products summed elementwise and reduced once), then
+    one float32 atomic add per channel and tap into (KH*KW, C) / (C,) buffers."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    m0 = pid_r * ROWS
+    m1 = tl.minimum(m0 + ROWS, M)
+    offs_c = pid_c * BC + tl.arange(0, BC)
+    mc = _channel_mask(offs_c, C, BC, EVEN_C)
+    g_cols = g_ptr + pid_b * s_gb + offs_c[None, :] * s_gc
+    if NEED_DB:
+        acc = tl.zeros((BT, BC), dtype=tl.float32)
+        for t0 in range(m0, m1, BT):
+            offs_t = t0 + tl.arange(0, BT)
+            m2 = (offs_t < m1)[:, None] & mc[None, :]
+            acc += tl.load(g_cols + offs_t[:, None] * s_gm, mask=m2, other=0.0).to(tl.float32)
+        tl.atomic_add(db_ptr + offs_c, tl.sum(acc, axis=0), mask=mc, sem="relaxed")
+    if NEED_DW:
+        x_cols = x_ptr + pid_b * s_xb + offs_c[None, :] * s_xc
+        src_row = src_ptr + pid_b * s_sb
+        for i in range(KH):  # a loop, not unrolled: bounds the loads in flight (registers)
+            di = (PH - i) if FLIP else (i - PH)
+            for j in tl.static_range(KW):
+                dj = (PW - j) if FLIP else (j - PW)
+                acc = tl.zeros((BT, BC), dtype=tl.float32)
+                for t0 in range(m0, m1, BT):
+                    offs_t = t0 + tl.arange(0, BT)
+                    mt = offs_t < m1
+                    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+                    x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
+                    ok_r = mt & (r + di >= 0) & (r + di < H)
+                    ptrs, ok = _tap(x_cols, x_pos, src_row, pos, col, ok_r, W, s_sl, s_xk, di, dj, HAS_SRC)
+                    xv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
+                    gv = tl.load(g_cols + offs_t[:, None] * s_gm, mask=mt[:, None] & mc[None, :], other=0.0)
+                    acc += gv.to(tl.float32) * xv.to(tl.float32)
+                tl.atomic_add(dwt_ptr + (i * KW + j) * C + offs_c, tl.sum(acc, axis=0), mask=mc, sem="relaxed")
+
+
+@triton.jit
+def _bwd_x_kernel(
+    # pointers
+    g_ptr, wt_ptr, outrank_ptr, src_ptr, dx_ptr,
+    # dimensions
+    L, M, K, C, H, W,
+    # strides
+    s_gb, s_gm, s_gc, s_sb, s_sl,
+    # meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """dx: for each grid position p, sum over taps of weight * dpre at the output whose tap read p."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_p = pid_t * BT + tl.arange(0, BT)
+    offs_c = pid_c * BC + tl.arange(0, BC)
+    mp = offs_p < L
+    mc = _channel_mask(offs_c, C, BC, EVEN_C)
+    if HAS_SRC:  # positions that read no row give nothing
+        dst_row = tl.load(src_ptr + pid_b * s_sb + offs_p * s_sl, mask=mp, other=-1).to(tl.int32)
+        mp = mp & (dst_row >= 0)
+    else:
+        dst_row = offs_p
+    r = offs_p // W
+    col = offs_p - r * W
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    g_cols = g_ptr + pid_b * s_gb + offs_c[None, :] * s_gc
+    g_pos = g_cols if HAS_KEEP else g_cols + offs_p.to(tl.int64)[:, None] * s_gm
+    w_cols = wt_ptr + offs_c
+    rank_row = outrank_ptr + pid_b * L
+    for i in range(KH):  # a loop, not unrolled: bounds the loads in flight (registers)
+        # the output at q reads p through tap (i, j) when q + offset = p: the offsets are mirrored
+        di = (i - PH) if FLIP else (PH - i)
+        ok_r = mp & (r + di >= 0) & (r + di < H)
+        for j in tl.static_range(KW):
+            dj = (j - PW) if FLIP else (PW - j)
+            ptrs, ok = _tap(g_cols, g_pos, rank_row, offs_p, col, ok_r, W, 1, s_gm, di, dj, HAS_KEEP)
+            gv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
+            wv = tl.load(w_cols + (i * KW + j) * C, mask=mc, other=0.0)
+            acc += gv.to(tl.float32) * wv[None, :]
+    dst = dx_ptr + pid_b * K * C + dst_row.to(tl.int64)[:, None] * C + offs_c[None, :]
+    m2 = mp[:, None] & mc[None, :]
+    if HAS_SRC:
+        tl.atomic_add(dst, acc, mask=m2, sem="relaxed")
+    else:
+        tl.store(dst, acc.to(dx_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _outrank_kernel(keep_ptr, outrank_ptr, M, L, s_kb, s_km, BT: tl.constexpr):
+    """outrank[b, keep[b, m]] = m (outrank filled with -1 beforehand)."""
+    pid_t = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    mt = offs_t < M
+    pos = tl.load(keep_ptr + pid_b * s_kb + offs_t * s_km, mask=mt, other=0).to(tl.int32)
+    tl.store(outrank_ptr + pid_b * L + pos, offs_t, mask=mt)
+
+
+# ----------------------------------------------------------------------------------------------- launcher
+def _empty(shape, dtype, device) -> Tensor:
+    """Every buffer a kernel must fill completely (tests swap in a NaN-filled version to catch gaps)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv from Python goes through the constexpr-function machinery (~7 us a call)
+
+
+def _blocks(kind: str, C: int) -> Tuple[int, int, int]:
+    """(BT, BC, num_warps) of a LAUNCH entry for C channels."""
+    cfg = LAUNCH[kind]
+    BC = min(cfg["BC"], 1 << max(C - 1, 0).bit_length())
+    return max(cfg["TILE"] // BC, 1), BC, cfg["num_warps"]
+
+
+def _strides2(t: Optional[Tensor]) -> Tuple[int, int]:
+    return (0, 0) if t is None else (t.stride(0), t.stride(1))
+
+
+def _taps_major(weight: Tensor) -> Tensor:
+    """(KH*KW, C) float32 copy of the (C, KH, KW) taps: each tap's weights are then one contiguous channel
+    vector, loaded like a row of x (one launch; the (C, 1, KH, KW) layout of nn.Conv weights would need a scalar
+    load per channel and tap)."""
+    C = int(weight.shape[0])
+    return weight.detach().reshape(C, -1).t().float().contiguous()
+
+
+def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach().to(torch.float32).contiguous()
+
+
+class GatherConvFn(torch.autograd.Function):
+    """Forward and backward of the gather conv through the Triton kernels; `apply(x, weight, bias, keep, src, H,
+    W, ph, pw, flip, silu)`, absent tensors as None. Gradients for x, weight and bias, in their dtypes."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu):
+        b, K, C = (int(s) for s in x.shape)  # ints even under jit tracing, where shapes are traced tensors
+        KH, KW = int(weight.shape[1]), int(weight.shape[2])
+        M = int(keep.shape[1]) if keep is not None else H * W
+        wt, bv = _taps_major(weight), _vec(bias)
+        out = _empty((b, M, C), x.dtype, x.device)
+        if b * M * C > 0:
+            BT, BC, warps = _blocks("fwd", C)
+            _fwd_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
+                x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
+                M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
+                KH=KH, KW=KW, PH=ph, PW=pw, FLIP=flip, HAS_KEEP=keep is not None, HAS_SRC=src is not None,
+                HAS_BIAS=bv is not None, SILU=silu, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps)
+        ctx.save_for_backward(x, wt, bv, keep, src)
+        ctx.meta = (H, W, KH, KW, ph, pw, flip, silu, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, wt, bv, keep, src = ctx.saved_tensors
+        H, W, KH, KW, ph, pw, flip, silu, w_dtype, b_dtype = ctx.meta
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bv is not None
+        b, K, C = (int(s) for s in x.shape)
+        KT = KH * KW
+        M = int(dout.shape[1])
+        dev = x.device
+        flags = {"KH": KH, "KW": KW, "PH": ph, "PW": pw, "FLIP": flip, "HAS_KEEP": keep is not None,
+                 "HAS_SRC": src is not None}
+        dx = dw = db = None
+        g = dout
+        if silu and b * M * C > 0:  # every gradient goes through dpre
+            g = _empty((b, M, C), torch.float32, dev)
+            BT, BC, warps = _blocks("bwd_pre", C)
+            _bwd_pre_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
+                x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, dout, g,
+                M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src), *dout.stride(),
+                HAS_BIAS=bv is not None, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
+        if need_w or need_b:
+            dwt = torch.zeros((KT, C), dtype=torch.float32, device=dev) if need_w else None
+            db32 = torch.zeros((C,), dtype=torch.float32, device=dev) if need_b else None
+            if b * M * C > 0:
+                BT, BC, warps = _blocks("bwd_w", C)
+                rows = LAUNCH["bwd_w"]["ROWS"]
+                _bwd_w_kernel[(_cdiv(M, rows), _cdiv(C, BC), b)](
+                    x, x if keep is None else keep, x if src is None else src, g, wt if dwt is None else dwt,
+                    wt if db32 is None else db32, M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
+                    *g.stride(), NEED_DW=need_w, NEED_DB=need_b, BT=BT, BC=BC, ROWS=rows, EVEN_C=C % BC == 0,
+                    num_warps=warps, **flags)
+            dw = None if dwt is None else dwt.t().reshape(C, KH, KW).to(w_dtype)
+            db = None if db32 is None else db32.to(b_dtype)
+        if need_x:
+            dx = _dx(g, wt, keep, src, b, K, C, H, W, M, x.dtype, flags)
+        return dx, dw, db, None, None, None, None, None, None, None, None
+
+
+def _dx(g, wt, keep, src, b, K, C, H, W, M, dtype, flags) -> Tensor:
+    """dx through _bwd_x_kernel; g: the gradient at the outputs (b, M, C), any strides."""
+    dev = g.device
+    L = H * W
+    if src is None:
+        dx = _empty((b, K, C), dtype, dev)                      # every row is a position: each written once
+    else:
+        dx = torch.zeros((b, K, C), dtype=torch.float32, device=dev)  # atomics; rows nobody reads stay zero
+    outrank = wt
+    if keep is not None:
+        outrank = torch.full((b, L), -1, dtype=torch.int32, device=dev)
+        if b * M > 0:
+            _outrank_kernel[(_cdiv(M, 256), b)](keep, outrank, M, L, *keep.stride(), BT=256, num_warps=4)
+    if b * L * C > 0:
+        BT, BC, warps = _blocks("bwd_x", C)
+        _bwd_x_kernel[(_cdiv(L, BT), _cdiv(C, BC), b)](
+            g, wt, outrank, g if src is None else src, dx, L, M, K, C, H, W,
+            *g.stride(), *_strides2(src), BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
+    return dx if dx.dtype == dtype else dx.to(dtype)
+
+
+def gather_conv_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
+                       padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
+                       flip: bool = False, silu: bool = False) -> Tensor:
+    """`ops.gather_conv` on the GPU (or under TRITON_INTERPRET=1), differentiable in x, weight and bias."""
+    if not (x.is_cuda or INTERPRET):
+        raise BadInputError("the Triton gather conv needs CUDA tensors; use the 'reference' backend on the CPU")
+    H, W = (int(v) for v in grid)
+    ph, pw = (int(v) for v in padding)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        return GatherConvFn.apply(x, weight, bias, keep, src, H, W, ph, pw, bool(flip), bool(silu))

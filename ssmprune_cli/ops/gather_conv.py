@@ -1,0 +1,141 @@
+"""Depthwise convolution read through a position map ("gather conv"): dispatch point plus the PyTorch definition.
+
+A pruned layer holds only its kept tokens, but its depthwise convolutions must read, at pruned positions, what
+the fill policy says (DESIGN 2.3, `conv_fill`). This op computes the convolution's outputs directly at the
+requested grid positions, reading each tap through an index map, instead of scattering to the full grid, running
+a dense conv and gathering. With no maps it is the plain dense depthwise conv on token-major data.
+
+Shapes (b batch, K rows of x, C channels, grid H x W with L = H*W positions in raster order, M outputs):
+    x: (b, K, C), any strides      weight: (C, KH, KW)      bias: (C,) or None
+    keep: (b, M) positions in [0, L) to compute (None: all L, in raster order)
+    src: (b, L) row of x each position reads, -1 for zero (None: position q reads row q, and K = L)
+
+Semantics, with (r, col) = divmod(keep[b, m], W) and tap offset (di, dj) = (i - ph, j - pw), or (ph - i, pw - j)
+when `flip` (mirrored taps: a causal conv run over the reversed sequence, indexed in original positions):
+    out[b, m, c] = bias[c] + sum_{i<KH, j<KW} weight[c, i, j] * X(b, r + di, col + dj, c)
+    X(b, r', col', c) = 0 outside the grid, else x[b, src[b, r' W + col'], c] (0 where src < 0)
+then SiLU when `silu`. Output (b, M, C), contiguous, in x's dtype. Arithmetic is float32 (float64 when an
+input is float64). Gradients reach x, weight and bias, never keep or src.
+
+The models' uses (docs/kernels.md, "Gather conv"): Vim's causal 1-D conv (grid (1, L), padding (0, KW - 1)) and
+its backward-direction twin (the same with flip=True); 'packed' fill (grid (1, K), no maps: the kept tokens as if
+adjacent); PlainMamba's 7x7 and GroupMamba's 3x3 convs (padding (3, 3) / (1, 1)); 'hold' fill (src maps a
+pruned position to a kept row) and 'zero' fill (src = rank, -1 at pruned positions).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .selective_scan import current_backend
+
+GATHER_CONV_OP = "prim::PythonOp.TracedGatherConv"
+
+
+def gather_conv_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
+                    padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
+                    flip: bool = False, silu: bool = False) -> Tensor:
+    """The definition: fill the full grid through `src`, dense depthwise conv with explicit zero padding, SiLU,
+    gather the rows at `keep`. Differentiable in x, weight and bias."""
+    b, K, C = x.shape
+    H, W = grid
+    ph, pw = padding
+    KH, KW = weight.shape[1:]
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias)) \
+        else torch.float32
+    full = x.to(dtype)                                                        # (b, L, C) when src is None
+    if src is not None:
+        idx = src.long()
+        full = full.gather(1, idx.clamp(min=0)[..., None].expand(b, H * W, C))
+        full = full.masked_fill((idx < 0)[..., None], 0.0)
+    img = full.transpose(1, 2).reshape(b, C, H, W)
+    w = weight.to(dtype)
+    top, left = ph, pw                                   # tap (i, j) reads (r + i - top, col + j - left)
+    if flip:                                             # tap (i, j) reads (r + ph - i, col + pw - j)
+        w = w.flip(1, 2)
+        top, left = KH - 1 - ph, KW - 1 - pw
+    img = F.pad(img, (left, KW - 1 - left, top, KH - 1 - top))  # output H x W; negative pads crop
+    y = F.conv2d(img, w[:, None], None if bias is None else bias.to(dtype), groups=C)
+    y = y.reshape(b, C, H * W).transpose(1, 2)                                # (b, L, C)
+    if silu:
+        y = F.silu(y)
+    if keep is not None:
+        y = y.gather(1, keep.long()[..., None].expand(-1, -1, C))
+    return y.to(x.dtype).contiguous()
+
+
+def gather_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
+                padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
+                flip: bool = False, silu: bool = False, backend: Optional[str] = None) -> Tensor:
+    """The gather conv every model calls. CUDA tensors go to the Triton kernels, CPU tensors and float64 to the
+    reference. `backend` ('auto', 'triton', 'reference', 'exact'), or else the scan's backend switch
+    (`ops.scan_backend(...)` / $SSMPRUNE_SCAN_BACKEND), forces one: 'reference' and 'exact' both mean PyTorch."""
+    H, W = (int(v) for v in grid)
+    ph, pw = (int(v) for v in padding)
+    _check(x, weight, bias, H, W, keep, src)
+    name = backend or current_backend()
+    if name == "auto":
+        name = "triton" if x.is_cuda else "reference"
+    if name not in ("triton", "reference", "exact"):
+        raise ValueError(f"unknown gather-conv backend {name!r}; choose one of auto, triton, reference, exact")
+    if torch.jit.is_tracing():
+        absent = x.new_empty(0)
+        bias_, keep_, src_ = (absent if t is None else t for t in (bias, keep, src))
+        return TracedGatherConv.apply(x, weight, bias_, keep_, src_, H, W, ph, pw, bool(flip), bool(silu), name)
+    return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, bool(flip), bool(silu))
+
+
+class TracedGatherConv(torch.autograd.Function):
+    """While tracing (fvcore, torch.jit.trace) the op is this one node, `prim::PythonOp.TracedGatherConv`.
+    Tensor inputs keep fixed positions: (x, weight, bias, keep, src), an absent one as an empty (0,) tensor;
+    H, W, ph, pw, flip, silu and the backend name are scalar arguments, not graph inputs."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu, name):
+        bias, keep, src = (None if t.shape == (0,) else t for t in (bias, keep, src))
+        return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, flip, silu)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("the traced gather conv is for counting and export; train without torch.jit tracing")
+
+
+def gather_conv_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+    """fvcore handle for `TracedGatherConv` (GATHER_CONV_OP): inputs (x, weight, bias, keep, src), weight
+    (C, KH, KW); output (b, M, C). One multiply-add per output element and tap: b*M*C*KH*KW (bias and SiLU not
+    counted, as fvcore's own conv handle leaves out the bias)."""
+    b, m, c = outputs[0].type().sizes()
+    _, kh, kw = inputs[1].type().sizes()
+    return Counter({"gather_conv": b * m * c * kh * kw})
+
+
+def _run(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
+    float64 = any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias))
+    if name == "triton" and not float64:
+        from ssmprune_cli.kernels.gather_conv import gather_conv_triton  # imports triton only here
+
+        return gather_conv_triton(x, weight, bias, grid, padding, keep, src, flip, silu)
+    return gather_conv_ref(x, weight, bias, grid, padding, keep, src, flip, silu)
+
+
+def _check(x, weight, bias, H, W, keep, src) -> None:
+    """Shape checks only (values would need a device sync): out-of-range keep / src values are undefined."""
+    if x.dim() != 3 or weight.dim() != 3 or weight.shape[0] != x.shape[2]:
+        raise ValueError(f"gather_conv needs x (b, K, C) and weight (C, KH, KW); got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (x.shape[2],):
+        raise ValueError(f"bias must be ({x.shape[2]},), got {tuple(bias.shape)}")
+    if keep is not None and (keep.dim() != 2 or keep.shape[0] != x.shape[0]):
+        raise ValueError(f"keep must be (b, M) with b = {x.shape[0]}, got {tuple(keep.shape)}")
+    if src is None and x.shape[1] != H * W:
+        raise ValueError(f"without src, x must hold all {H}x{W} = {H * W} positions, got {x.shape[1]} rows")
+    if src is not None and tuple(src.shape) != (x.shape[0], H * W):
+        raise ValueError(f"src must be (b, L) = ({x.shape[0]}, {H * W}), got {tuple(src.shape)}")
+    for t in (keep, src):
+        if t is not None and t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"keep and src must be int32 or int64, got {t.dtype}")
