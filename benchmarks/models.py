@@ -89,6 +89,14 @@ def main() -> None:
         del dense, pruned
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    print(f"\n{'case':16s} {'dense img/s':>11s} {'pruned img/s':>12s} {'ratio':>6s} {'ideal':>6s} {'of ideal':>8s} "
+          f"{'lat dense ms':>12s} {'lat pruned ms':>13s}  timed as")
+    for case, r in results.items():
+        m, b, c = r["models"]["model"], r["models"]["baseline"], r["comparison"]
+        print(f"{case:16s} {b['throughput']['images_per_s']:11.1f} {m['throughput']['images_per_s']:12.1f} "
+              f"{c['throughput_speedup']:6.3f} {c['ideal_speedup']:6.3f} {c['efficiency']:8.1%} "
+              f"{b['latency']['median_ms']:12.3f} {m['latency']['median_ms']:13.3f}  "
+              f"{m['throughput'].get('mode', 'eager')}")
 
 
 if __name__ == "__main__":

@@ -227,29 +227,23 @@ def _prefetch_l1(ptr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(h, A2, dtd, dtu, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
-              PROBE: tl.constexpr):
+def _fwd_step(h, A2, dtd, dtu, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr):
     """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
     vec: tl.constexpr = FAST and NP == 16
     b = _row16(Bt_ptr + t * NP, offs_n, vec)
     c = _row16(Ct_ptr + t * NP, offs_n, vec)
-    if PROBE:
-        # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
-        a = dtd[None, :] * A2 * 0.01 + 0.99
-    else:
-        a = _ex2(dtd[None, :] * A2, FAST)
+    a = _ex2(dtd[None, :] * A2, FAST)
     h = a * h + dtu[None, :] * b[:, None]
     return h, tl.sum(h * c[:, None], axis=0)
 
 
 @triton.jit
-def _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr,
-              PROBE: tl.constexpr):
+def _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t, offs_n, NP: tl.constexpr, FAST: tl.constexpr):
     """Steps t..t+3."""
-    h, y0 = _fwd_step(h, A2, d0, v0, Bt_ptr, Ct_ptr, t + 0, offs_n, NP, FAST, PROBE)
-    h, y1 = _fwd_step(h, A2, d1, v1, Bt_ptr, Ct_ptr, t + 1, offs_n, NP, FAST, PROBE)
-    h, y2 = _fwd_step(h, A2, d2, v2, Bt_ptr, Ct_ptr, t + 2, offs_n, NP, FAST, PROBE)
-    h, y3 = _fwd_step(h, A2, d3, v3, Bt_ptr, Ct_ptr, t + 3, offs_n, NP, FAST, PROBE)
+    h, y0 = _fwd_step(h, A2, d0, v0, Bt_ptr, Ct_ptr, t + 0, offs_n, NP, FAST)
+    h, y1 = _fwd_step(h, A2, d1, v1, Bt_ptr, Ct_ptr, t + 1, offs_n, NP, FAST)
+    h, y2 = _fwd_step(h, A2, d2, v2, Bt_ptr, Ct_ptr, t + 2, offs_n, NP, FAST)
+    h, y3 = _fwd_step(h, A2, d3, v3, Bt_ptr, Ct_ptr, t + 3, offs_n, NP, FAST)
     return h, y0, y1, y2, y3
 
 
@@ -270,8 +264,8 @@ def _fwd_kernel_tpc(
     s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
     # meta-parameters
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr, PROBE: tl.constexpr = 0,
-    PREFETCH: tl.constexpr = 1, TERMS: tl.constexpr = 4,  # softplus series terms: 16-bit inputs only
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, FAST: tl.constexpr,
+    TERMS: tl.constexpr = 4,  # softplus series terms: 4 for 16-bit activations (docs/kernels.md)
 ):
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -290,20 +284,18 @@ def _fwd_kernel_tpc(
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
     for t0 in range(0, L, 8):
-        if PREFETCH:
-            if NP == 16:  # the next tile's B and C rows (measured: 230 -> 197 us, Vim-S bf16)
-                for j in tl.static_range(4):
-                    _prefetch_l1(Bt_ptr + (t0 + 8) * NP + j * 32, FAST)
-                    _prefetch_l1(Ct_ptr + (t0 + 8) * NP + j * 32, FAST)
+        if NP == 16:  # the next tile's B and C rows (measured: 230 -> 197 us, Vim-S bf16)
+            for j in tl.static_range(4):
+                _prefetch_l1(Bt_ptr + (t0 + 8) * NP + j * 32, FAST)
+                _prefetch_l1(Ct_ptr + (t0 + 8) * NP + j * 32, FAST)
         xc, uc, zc, _unused, gc = _load_tiles(dl_row, u_row, z_row, u_row, gap_row, t0, me, L, 8, HAS_Z,
                                               HAS_GAP, False)
         dt, dtd, dtu, uu, dsp = _delta_tiles(xc, uc, gc, bias, fill, HAS_BIAS, SOFTPLUS, HAS_GAP, FAST, TERMS)
         d0, d1, d2, d3, d4, d5, d6, d7 = _cols8(dtd)
         v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
-        h, y0, y1, y2, y3 = _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t0, offs_n, NP, FAST,
-                                      PROBE)
+        h, y0, y1, y2, y3 = _fwd_four(h, A2, d0, d1, d2, d3, v0, v1, v2, v3, Bt_ptr, Ct_ptr, t0, offs_n, NP, FAST)
         h, y4, y5, y6, y7 = _fwd_four(h, A2, d4, d5, d6, d7, v4, v5, v6, v7, Bt_ptr, Ct_ptr, t0 + 4, offs_n, NP,
-                                      FAST, PROBE)
+                                      FAST)
         y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
         if HAS_D:
             y += Dv[:, None] * uu
@@ -315,13 +307,9 @@ def _fwd_kernel_tpc(
 
 
 @triton.jit
-def _fwd_step_rows(h, A2, dtd, dtu, b, c, FAST: tl.constexpr, PROBE: tl.constexpr):
+def _fwd_step_rows(h, A2, dtd, dtu, b, c, FAST: tl.constexpr):
     """h <- exp(dtd A) h + dtu B_t ; returns h and y_t = C_t . h (pre skip and gate)."""
-    if PROBE:
-        # benchmark probe only (wrong results): the decay's exp replaced by one FMA, to see what binds
-        a = dtd[None, :] * A2 * 0.01 + 0.99
-    else:
-        a = _ex2(dtd[None, :] * A2, FAST)
+    a = _ex2(dtd[None, :] * A2, FAST)
     h = a * h + dtu[None, :] * b[:, None]
     return h, tl.sum(h * c[:, None], axis=0)
 
@@ -340,7 +328,7 @@ def _fwd_kernel_rows(
     s_ub, s_ue, s_db, s_de, s_zb, s_ze, s_gb,
     # meta-parameters
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, PROBE: tl.constexpr = 0,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -375,17 +363,17 @@ def _fwd_kernel_rows(
         v0, v1, v2, v3, v4, v5, v6, v7 = _cols8(dtu)
         if SAVE:
             tl.store(hs_ptr + (t0 // 4) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y0 = _fwd_step_rows(h, A2, d0, v0, b0, c0, FAST, PROBE)
-        h, y1 = _fwd_step_rows(h, A2, d1, v1, b1, c1, FAST, PROBE)
-        h, y2 = _fwd_step_rows(h, A2, d2, v2, b2, c2, FAST, PROBE)
-        h, y3 = _fwd_step_rows(h, A2, d3, v3, b3, c3, FAST, PROBE)
+        h, y0 = _fwd_step_rows(h, A2, d0, v0, b0, c0, FAST)
+        h, y1 = _fwd_step_rows(h, A2, d1, v1, b1, c1, FAST)
+        h, y2 = _fwd_step_rows(h, A2, d2, v2, b2, c2, FAST)
+        h, y3 = _fwd_step_rows(h, A2, d3, v3, b3, c3, FAST)
         if SAVE:
             if t0 + 4 < L:
                 tl.store(hs_ptr + (t0 // 4 + 1) * E * NP + hs_offs, h, mask=me[None, :])
-        h, y4 = _fwd_step_rows(h, A2, d4, v4, b4, c4, FAST, PROBE)
-        h, y5 = _fwd_step_rows(h, A2, d5, v5, b5, c5, FAST, PROBE)
-        h, y6 = _fwd_step_rows(h, A2, d6, v6, b6, c6, FAST, PROBE)
-        h, y7 = _fwd_step_rows(h, A2, d7, v7, b7, c7, FAST, PROBE)
+        h, y4 = _fwd_step_rows(h, A2, d4, v4, b4, c4, FAST)
+        h, y5 = _fwd_step_rows(h, A2, d5, v5, b5, c5, FAST)
+        h, y6 = _fwd_step_rows(h, A2, d6, v6, b6, c6, FAST)
+        h, y7 = _fwd_step_rows(h, A2, d7, v7, b7, c7, FAST)
         y = _join8(y0, y1, y2, y3, y4, y5, y6, y7)
         if HAS_D:
             y += Dv[:, None] * uu

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune_cli.errors import BadInputError, CheckpointError
+from ssmprune_cli.ops.fused_norm import add_norm
 
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
-from .layers.ssm import scan_kept
+from .layers import mamba_core as core
 from .layers.token_layout import TokenLayout
 
 FAMILY = "groupmamba"
@@ -74,26 +75,6 @@ def scan_order(kind: str, H: int, W: int, device=None) -> Tensor:
     if kind.endswith("_rev"):
         idx = idx.flip(0)
     return idx
-
-
-def _grid_fill(conv_fill: str) -> str:
-    if conv_fill == "packed":
-        raise ValueError("conv_fill 'packed' is 1-D only; GroupMamba's convolutions are 2-D (use 'hold' or 'zero')")
-    return "grid" if conv_fill == "hold" else "zero"
-
-
-def conv_tokens(conv: nn.Conv2d, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout]) -> Tensor:
-    """A stride-1 2-D conv over tokens (b, K, c): full grid, pruned positions filled by the layout's conv_fill."""
-    if layout is not None:
-        x = layout.scatter(x, _grid_fill(layout.conv_fill))
-    b, L, c = x.shape
-    y = conv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1])).flatten(2).transpose(1, 2)
-    return y if layout is None else layout.gather(y)
-
-
-def take_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """Rows of (b, K, C) at (b, M) indices."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -149,38 +130,23 @@ class SS2D(nn.Module):
         """(1, E): softplus of the dt bias, the 'bias' Δ̂."""
         return F.softplus(self.dt_projs_bias)
 
-    def _delta_fill(self, layout: TokenLayout) -> Optional[Tensor]:
-        if layout.delta_fill == "zero":
-            return None
-        if layout.delta_fill == "bias":
-            return self.default_delta_hat()[0]
-        if self.delta_hat is None:
-            raise BadInputError("delta_fill 'calib' needs calibrated Δ̂ (run calibration or use delta_fill 'bias')")
-        return self.delta_hat[0]
-
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
-        # x: (b, K, d) tokens in raster order (K = H·W when dense)
-        b = x.shape[0]
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = F.silu(z)
-        x = F.silu(conv_tokens(self.conv2d, x, hw, layout))                 # (b, K, E)
-        order = scan_order(self.order, hw[0], hw[1], x.device)
-        if layout is None:
-            steps, src = None, order.expand(b, -1)
-        else:
-            steps, src = layout.scan_steps(order, key=f"groupmamba:{self.order}")
-        xs = take_rows(x, src)                                              # (b, K, E) in scan order
-        dts, Bs, Cs = F.linear(xs, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dts = F.linear(dts, self.dt_projs_weight[0]).transpose(1, 2)        # (b, E, K)
-        delta_bias = self.dt_projs_bias[0]
-        if self.delta_probe is not None:
-            self.delta_probe(0, F.softplus(dts + delta_bias[:, None]))
-        y = scan_kept(xs.transpose(1, 2), dts, -torch.exp(self.A_logs), Bs.transpose(1, 2), Cs.transpose(1, 2),
-                      D=self.Ds, delta_bias=delta_bias, steps=steps, length=hw[0] * hw[1],
-                      delta_fill=None if layout is None else self._delta_fill(layout))
-        y = y.transpose(1, 2)                                               # (b, K, E) in scan order
-        y = y.new_zeros(y.shape).scatter(1, src[..., None].expand_as(y), y)  # back to raster (CrossMerge)
-        return self.out_proj(self.out_norm(y) * z)
+        """x (b, K, d) tokens in raster order (K = H·W when dense) → (b, K, d), raster order."""
+        E = self.Ds.shape[0]
+        xz = self.in_proj(x)
+        xs, z = xz[..., :E], xz[..., E:]
+        u = core.depthwise_conv(xs, self.conv2d, hw, layout, silu=True)    # (b, K, E)
+        dt_low, B, C = F.linear(u, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt_low, self.dt_projs_weight[0])
+        L = hw[0] * hw[1]
+        # row: raster order; row_rev: reversed in place; the column orders read rows through an index stream,
+        # and every order writes back to raster rows (the official CrossMerge)
+        order = None if self.order in ("row", "row_rev") else scan_order(self.order, hw[0], hw[1], x.device)
+        plan = core.scan_plan(layout, L, order, reverse=self.order == "row_rev", key=f"{FAMILY}:{self.order}")
+        y = core.scan(self, 0, u, dt, -torch.exp(self.A_logs), B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
+        n = self.out_norm  # out_norm(y) · silu(z), one kernel on the GPU
+        y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=F.silu(z))
+        return self.out_proj(y)
 
 
 class GroupMambaLayer(nn.Module):
@@ -219,7 +185,7 @@ class PVT2FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
-        x = conv_tokens(self.dwconv.dwconv, self.fc1(x), hw, layout)
+        x = core.depthwise_conv(self.fc1(x), self.dwconv.dwconv, hw, layout)   # at the kept tokens only
         return self.fc2(F.gelu(x))
 
 
@@ -244,8 +210,11 @@ class Block(nn.Module):
         self.drop_path = drop_path
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
-        x = x + _drop_path(self.attn(x, hw, layout), self.drop_path, self.training)
-        return x + _drop_path(self.mlp(self.norm2(x), hw, layout), self.drop_path, self.training)
+        a = _drop_path(self.attn(x, hw, layout), self.drop_path, self.training)
+        n = self.norm2  # the residual add and norm2 in one kernel on the GPU
+        h, x = add_norm(a, x, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(x),
+                        residual_dtype=x.dtype)
+        return x + _drop_path(self.mlp(h, hw, layout), self.drop_path, self.training)
 
 
 class ClassBlock(nn.Module):
@@ -405,8 +374,8 @@ class GroupMamba(PrunableModel):
                 per_attn, fixed_attn = _layer_macs(blk.attn, L)
                 hidden = blk.mlp.fc1.out_features
                 out.append({"site": f"{s}.{j}", "stage": s, "tokens": L,
-                            "per_token": per_attn + 2 * dim * hidden,
-                            "fixed": fixed_attn + 9 * hidden * L})   # depthwise 3×3 conv on the full grid
+                            "per_token": per_attn + 2 * dim * hidden + 9 * hidden,  # the FFN's 3×3 dwconv too
+                            "fixed": fixed_attn})
         return out
 
     def fixed_macs(self) -> int:
@@ -439,7 +408,7 @@ def _layer_macs(layer: GroupMambaLayer, L: int) -> Tuple[int, int]:
         per += d * 2 * E + E * (R + 2 * N) + R * E + E * d      # in_proj, x_proj, dt_proj, out_proj
         # one scan direction, DESIGN 3's convention: 9·E·N + 2·E per token (D skip and z gate)
         per += 9 * E * N + 2 * E
-        fixed += g.conv2d.kernel_size[0] * g.conv2d.kernel_size[1] * E * L
+        per += g.conv2d.kernel_size[0] * g.conv2d.kernel_size[1] * E   # depthwise conv, at kept tokens only
     return per, fixed
 
 

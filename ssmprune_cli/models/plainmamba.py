@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune_cli.errors import BadInputError, CheckpointError
+from ssmprune_cli.ops.fused_norm import add_norm
 
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
-from .layers.ssm import scan_kept
+from .layers import mamba_core as core
 from .layers.token_layout import TokenLayout
 
 FAMILY = "plainmamba"
@@ -127,7 +128,14 @@ def _scan_orders_cpu(H: int, W: int) -> ScanOrders:
 
 def scan_orders(hw: Tuple[int, int], device: Optional[torch.device] = None) -> ScanOrders:
     o = _scan_orders_cpu(int(hw[0]), int(hw[1]))
-    return ScanOrders(*(t.to(device) for t in o)) if device is not None else o
+    return _scan_orders_on(int(hw[0]), int(hw[1]), torch.device(device)) if device is not None else o
+
+
+@lru_cache(maxsize=64)
+def _scan_orders_on(H: int, W: int, device: torch.device) -> ScanOrders:
+    # copied to the device once: a forward pass makes no host-to-device copies (CUDA graphs capture it whole)
+    with torch.inference_mode(False):
+        return ScanOrders(*(t.to(device) for t in _scan_orders_cpu(H, W)))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -158,10 +166,6 @@ def _tokens_to_map(x: Tensor, hw: Tuple[int, int]) -> Tensor:
 
 def _map_to_tokens(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
-
-
-def _cat(ts: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
-    return None if ts[0] is None else torch.cat(list(ts), dim=0)
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -227,81 +231,26 @@ class PlainMamba2D(nn.Module):
         """(4, E) 'bias' fill: softplus of the effective dt bias, which the official scan adds twice."""
         return F.softplus(2 * self.dt_proj.bias).unsqueeze(0).expand(N_DIRECTIONS, -1)
 
-    def _delta_fills(self, layout: TokenLayout) -> List[Optional[Tensor]]:
-        if layout.delta_fill == "zero":
-            return [None] * N_DIRECTIONS
-        if layout.delta_fill == "bias":
-            shared = self.default_delta_hat()[0]  # one object for all directions: the scans can be stacked
-            return [shared] * N_DIRECTIONS
-        if self.delta_hat is None:
-            raise BadInputError("delta_fill 'calib' needs calibrated delta_hat; calibrate or use delta_fill 'bias'")
-        return [self.delta_hat[k] for k in range(N_DIRECTIONS)]
-
     def forward(self, x: Tensor, hw: Tuple[int, int], orders: ScanOrders,
                 layout: Optional[TokenLayout] = None) -> Tensor:
-        xs, z = self.in_proj(x).chunk(2, dim=-1)                        # (b, K, E) each, kept tokens only
-        x_conv = self._conv(xs, hw, layout)                             # (b, L, E) whole grid
+        """x (b, K, D) kept tokens in raster order → (b, K, D)."""
+        E = self.D.shape[0]
+        xz = self.in_proj(x)
+        xs, z = xz[..., :E], xz[..., E:]                                # (b, K, E) column views
+        # Δ, B and C of every raster position: the official scan pairs step t with raster token t
+        x_conv = core.depthwise_conv(xs, self.conv2d, hw, layout, full_grid=True, silu=True)        # (b, L, E)
         dt_low, B, C = self.x_proj(x_conv).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt_low)                                       # bias once here, once more in the scan
-        if layout is None:
-            y = self._scan_dense(x_conv, dt, B, C, orders)
-        else:
-            y = self._scan_pruned(layout.gather(x_conv), dt, B, C, orders, layout)
-        return self.out_proj(y * self.act(z))
-
-    def _conv(self, xs: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout]) -> Tensor:
-        full = xs if layout is None else layout.scatter(xs, _conv_fill_kind(layout))
-        return _map_to_tokens(self.act(self.conv2d(_tokens_to_map(full, hw))))
-
-    def _probe(self, k: int, delta: Tensor) -> None:
-        """Calibration: report the post-softplus Δ (b, E, l) direction k's scan uses (second bias included)."""
-        if self.delta_probe is not None:
-            self.delta_probe(k, F.softplus(delta + self.dt_proj.bias[:, None]))
-
-    def _scan_dense(self, x_conv: Tensor, dt: Tensor, B: Tensor, C: Tensor, orders: ScanOrders) -> Tensor:
-        """Official scan: step t reads u of token order[t] but Δ, B, C of raster token t (only u is permuted)."""
-        b, L, _ = x_conv.shape
-        dt_t, B_t, C_t = dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)  # (b, E|N, L) raster order
-        us = [x_conv[:, o].transpose(1, 2) for o in orders.order]                   # (b, E, L) in scan order
-        biases = [self.direction_Bs[c].t().expand(b, -1, -1) for c in orders.codes]  # (b, N, L) by scan step
-        for k in range(N_DIRECTIONS):
-            self._probe(k, dt_t)
-        n = N_DIRECTIONS
-        ys = self._scans(us, [dt_t] * n, [B_t] * n, [C_t] * n, biases, [None] * n, L, [None] * n)
-        y = sum(yk[:, :, inv] for yk, inv in zip(ys, orders.inverse))              # back to raster order
-        return y.transpose(1, 2)
-
-    def _scan_pruned(self, x_kept: Tensor, dt: Tensor, B: Tensor, C: Tensor, orders: ScanOrders,
-                     layout: TokenLayout) -> Tensor:
-        """Step t of order k is kept iff token order_k[t] is kept; it reads u of that token and Δ, B, C of raster
-        token t (computed on the filled grid), and writes that token's output (docs/plainmamba-scan-pairing.md)."""
-        L = layout.length
-        us, dts, Bs, Cs, biases, steps, srcs = [], [], [], [], [], [], []
-        for k in range(N_DIRECTIONS):
-            s, src = layout.scan_steps(orders.order[k], key=f"{FAMILY}.{k}")   # (b, K) each
-            steps.append(s)
-            srcs.append(src)
-            us.append(layout.take(x_kept, src).transpose(1, 2))
-            dts.append(layout.take(dt, s).transpose(1, 2))
-            Bs.append(layout.take(B, s).transpose(1, 2))
-            Cs.append(layout.take(C, s).transpose(1, 2))
-            biases.append(self.direction_Bs[orders.codes[k][s]].transpose(1, 2))  # (b, N, K)
-            self._probe(k, dts[-1])
-        ys = self._scans(us, dts, Bs, Cs, biases, steps, L, self._delta_fills(layout))
-        # Each order visits every kept token once: put step outputs back at their tokens and sum the orders.
-        return sum(torch.zeros_like(x_kept).scatter(1, src[..., None].expand_as(x_kept), yk.transpose(1, 2))
-                   for yk, src in zip(ys, srcs))
-
-    def _scans(self, us, dts, Bs, Cs, biases, steps, L: int, fills) -> List[Tensor]:
-        """The four scans; one stacked call when they share the Δ fill (dense, 'zero', 'bias'), else one each."""
+        L = hw[0] * hw[1]
         A = -torch.exp(self.A_log)
-        D, bias = self.D, self.dt_proj.bias
-        if all(f is fills[0] for f in fills):  # stacked along the batch: one launch, 4x the parallelism
-            y = scan_kept(_cat(us), _cat(dts), A, _cat(Bs), _cat(Cs), D, None, bias, _cat(biases),
-                          steps=_cat(steps), length=L, delta_fill=fills[0])
-            return list(y.chunk(N_DIRECTIONS, dim=0))
-        return [scan_kept(u, dt, A, Bk, Ck, D, None, bias, Bb, steps=s, length=L, delta_fill=f)
-                for u, dt, Bk, Ck, Bb, s, f in zip(us, dts, Bs, Cs, biases, steps, fills)]
+        y = None
+        for k in range(N_DIRECTIONS):
+            plan = core.scan_plan(layout, L, orders.order[k], key=f"{FAMILY}.{k}", pairing=True)
+            # the four orders sum at each token, then one gate: the last scan applies silu(z) to the sum
+            y = core.scan(self, k, x_conv, dt, A, B, C, self.D, self.dt_proj.bias, plan, layout,
+                          B_bias=self.direction_Bs[orders.codes[k]], z=z if k == N_DIRECTIONS - 1 else None,
+                          acc=y)
+        return self.out_proj(y)
 
 
 class PlainMambaLayer(nn.Module):
@@ -317,7 +266,10 @@ class PlainMambaLayer(nn.Module):
 
     def forward(self, x: Tensor, hw: Tuple[int, int], orders: ScanOrders,
                 layout: Optional[TokenLayout] = None) -> Tensor:
-        x = x + self.mamba(self.norm(x), hw, orders, layout)
+        # LayerNorm and the cast to the matmuls' dtype in one kernel on the GPU
+        normed, _ = add_norm(x, None, self.norm.weight, self.norm.bias, self.norm.eps, "layer",
+                             out_dtype=core.activation_dtype(x))
+        x = x + self.mamba(normed, hw, orders, layout)
         if self.dw is None:
             return x
         full = x if layout is None else layout.scatter(x, _conv_fill_kind(layout))

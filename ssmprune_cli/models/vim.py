@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune_cli.errors import BadInputError, CheckpointError, RecipeError
+from ssmprune_cli.ops.fused_norm import add_norm
 
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
-from .layers.ssm import scan_kept
+from .layers import mamba_core as core
 from .layers.token_layout import TokenLayout
 
 FAMILY = "vim"
@@ -83,9 +84,8 @@ def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep / (1.0 - p)
 
 
-def _at_least_fp32(x: Tensor) -> Tensor:
-    # Official residual_in_fp32: the residual stream never drops below float32 (float64 stays float64).
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def _capturing(x: Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class RMSNorm(nn.Module):
@@ -169,60 +169,25 @@ class VimMixer(nn.Module):
         """(2, E) softplus of each direction's dt bias: the 'bias' fill."""
         return F.softplus(torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]))
 
-    def _delta_fill(self, d: int, kind: str) -> Optional[Tensor]:
-        if kind == "zero":
-            return None
-        if kind == "bias":
-            return self.default_delta_hat()[d]
-        if self.delta_hat is None:
-            raise RecipeError("delta_fill 'calib' needs calibrated Δ̂ (run calibration first, or use 'bias')")
-        return self.delta_hat[d]
-
     # --------------------------------------------------------------------------- forward
     def forward(self, h: Tensor, layout: Optional[TokenLayout] = None) -> Tensor:
-        x, z = self.in_proj(h).chunk(2, dim=-1)                     # (b, T, E) each
-        if layout is None:
-            y_f = self._ssm(0, self._conv(0, x), z)
-            y_b = self._ssm(1, self._conv(1, x.flip(1)), z.flip(1)).flip(1)
-        else:
-            y_f, y_b = self._kept(0, x, z, layout), self._kept(1, x, z, layout)
-        return self.out_proj((y_f + y_b) / 2)
-
-    def _conv(self, d: int, seq: Tensor) -> Tensor:
-        """Causal depthwise conv + SiLU over a (b, T, E) sequence in scan order."""
-        conv = self._params(d)[0]
-        return F.silu(conv(F.pad(seq.transpose(1, 2), (conv.kernel_size[0] - 1, 0)))).transpose(1, 2)
-
-    def _kept(self, d: int, x: Tensor, z: Tensor, layout: TokenLayout) -> Tensor:
-        """One direction on the kept tokens (b, K, E) in ascending position; output in the same order."""
-        L = layout.length
-        order = torch.arange(L, device=x.device)
-        if d == 1:
-            order = order.flip(0)
-        steps, _ = layout.scan_steps(order, key=f"{FAMILY}.{_DIRECTIONS[d]}")
-        # Kept tokens are in ascending position, so the forward scan visits them in kept order and the backward
-        # scan in reverse: a flip stands in for the gathers by `src` (less index traffic on the GPU).
-        in_order = (lambda t: t) if d == 0 else (lambda t: t.flip(1))
-        if layout.conv_fill == "packed":
-            u = self._conv(d, in_order(x))                      # kept tokens as if adjacent
-        else:
-            kind = "zero" if layout.conv_fill == "zero" else _DIRECTIONS[d]
-            full = layout.scatter(x, kind)[:, order]            # (b, L, E) in scan order
-            u = layout.take(self._conv(d, full), steps)         # read back at the kept steps
-        y = self._ssm(d, u, in_order(z), steps, L, self._delta_fill(d, layout.delta_fill))
-        return in_order(y)                                      # scan order → kept order
-
-    def _ssm(self, d: int, u: Tensor, z: Tensor, steps: Optional[Tensor] = None, length: Optional[int] = None,
-             delta_fill: Optional[Tensor] = None) -> Tensor:
-        """x_proj → dt, B, C; gated scan of one direction. u, z: (b, T, E) in scan order → (b, T, E)."""
-        _, x_proj, dt_proj, A_log, D = self._params(d)
-        dt_low, B, C = x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt_low, dt_proj.weight).transpose(1, 2)  # (b, E, T); the bias enters once, in the scan
-        if self.delta_probe is not None:
-            self.delta_probe(d, F.softplus(dt + dt_proj.bias[:, None]).detach())
-        y = scan_kept(u.transpose(1, 2), dt, -torch.exp(A_log), B.transpose(1, 2), C.transpose(1, 2), D,
-                      z.transpose(1, 2), dt_proj.bias, steps=steps, length=length, delta_fill=delta_fill)
-        return y.transpose(1, 2)
+        """h (b, K, D) in position order (kept tokens when pruned) → (b, K, D)."""
+        E = self.D.shape[0]
+        xz = self.in_proj(h)
+        x, z = xz[..., :E], xz[..., E:]                                  # (b, K, E) column views
+        L = layout.length if layout is not None else h.shape[1]
+        y = None
+        for d in (0, 1):
+            conv, x_proj, dt_proj, A_log, D = self._params(d)
+            # the backward direction reads the sequence in reverse, in place: no flipped copies
+            u = core.depthwise_conv(x, conv, (1, L), layout, causal=True, reverse=d == 1, silu=True)
+            dt_low, B, C = x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = F.linear(dt_low, dt_proj.weight)                       # the bias enters once, in the scan
+            plan = core.scan_plan(layout, L, reverse=d == 1)
+            # forward: y_f; backward: (y_f + y_b) · silu(z) / 2, the official "div2" with one shared gate
+            y = core.scan(self, d, u, dt, -torch.exp(A_log), B, C, D, dt_proj.bias, plan, layout,
+                          z=z if d == 1 else None, acc=y, out_scale=0.5 if d == 1 else 1.0)
+        return self.out_proj(y)
 
 
 class VimBlock(nn.Module):
@@ -236,9 +201,14 @@ class VimBlock(nn.Module):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], layout: Optional[TokenLayout] = None
                 ) -> Tuple[Tensor, Tensor]:
-        residual = hidden if residual is None else residual + _drop_path(hidden, self.drop_path, self.training)
-        residual = _at_least_fp32(residual)
-        return self.mixer(self.norm(residual).to(hidden.dtype), layout), residual
+        # one fused kernel on the GPU: residual add (float32 stream), RMSNorm, cast to the hidden dtype
+        res_dtype = torch.promote_types(hidden.dtype, torch.float32)
+        if residual is not None:
+            hidden = _drop_path(hidden, self.drop_path, self.training)
+            res_dtype = torch.promote_types(res_dtype, residual.dtype)
+        normed, residual = add_norm(hidden, residual, self.norm.weight, None, self.norm.eps, "rms",
+                                    out_dtype=hidden.dtype, residual_dtype=res_dtype)
+        return self.mixer(normed, layout), residual
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -335,15 +305,14 @@ class VisionMamba(PrunableModel):
     def block_costs(self) -> List[Dict[str, Any]]:
         """MACs per block (DESIGN 3). Norms, the conv bias/SiLU, the residual add and the /2 are not counted.
 
-        Per kept token: in_proj, both directions' x_proj, dt_proj and scan (9·E·N + 2·E each), out_proj.
-        Fixed: both depthwise convs, which run at full length even when pruned (hold / zero fill).
+        Per kept token: in_proj, both directions' depthwise conv, x_proj, dt_proj and scan (9·E·N + 2·E each),
+        out_proj. The convs run on kept tokens only (their taps read pruned positions through the fill map).
         """
         c = self.cfg
         D, E, N, R, L = c.embed_dim, c.d_inner, c.d_state, c.dt_rank, c.num_tokens
-        direction = E * (R + 2 * N) + R * E + 9 * E * N + 2 * E
+        direction = E * c.d_conv + E * (R + 2 * N) + R * E + 9 * E * N + 2 * E
         per_token = D * 2 * E + 2 * direction + E * D
-        fixed = 2 * L * E * c.d_conv
-        return [{"site": str(i + 1), "stage": 0, "tokens": L, "per_token": per_token, "fixed": fixed}
+        return [{"site": str(i + 1), "stage": 0, "tokens": L, "per_token": per_token, "fixed": 0}
                 for i in range(c.depth)]
 
     def fixed_macs(self) -> int:
@@ -375,8 +344,8 @@ class VisionMamba(PrunableModel):
         else:
             idx = layout.rank()[:, self.cls_pos]  # where the class token sits among the kept tokens
             # A custom hook could drop the class token (PrunedModel never does); the check reads a value back
-            # from the device, so it is skipped under torch.compile, where it would break the graph.
-            if not torch.compiler.is_compiling() and bool((idx < 0).any()):
+            # from the device, so it is skipped under torch.compile and while a CUDA graph is captured.
+            if not (torch.compiler.is_compiling() or _capturing(hidden)) and bool((idx < 0).any()):
                 raise RecipeError("the class token was pruned; it must stay protected")
         rows = torch.arange(b, device=hidden.device)
         # The final add + norm is per token, so only the class token's is computed.

@@ -97,8 +97,8 @@ def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
     """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown add_norm backend {backend!r}; choose 'auto', 'triton' or 'reference'")
-    if torch.jit.is_tracing():
-        use_triton = False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        use_triton = False  # torch.compile fuses the reference's elementwise chain itself
     elif backend is None or backend == "auto":
         use_triton = x.is_cuda and 0 < x.shape[-1] <= MAX_WIDTH
     else:

@@ -25,6 +25,7 @@ class PrunedModel(nn.Module):
         self.spec = spec
         self._keep: Dict[str, int] = {p.site: p.keep for p in spec.points}
         self._captured: Dict[str, Tensor] = {}
+        self._protected_cache: Dict[Any, Tensor] = {}
         self._handles = []
         for site in self._keep:
             self._handles.append(model.score_module(site).register_forward_pre_hook(self._capture(site)))
@@ -58,7 +59,7 @@ class PrunedModel(nn.Module):
                                       conv_fill=self.spec.conv_fill, delta_fill=self.spec.delta_fill)
         prot = None
         if protected:
-            pos = torch.tensor(protected, device=o.device).expand(b, -1)
+            pos = self._protected(site, protected, o.device).expand(b, -1)
             prot = layout.rank().gather(1, pos)
         gen = None
         if self.spec.score == "random":
@@ -70,6 +71,14 @@ class PrunedModel(nn.Module):
             refill = x if layout.refill is None and x.shape[1] == L else layout.refilled(x)
         new_layout = layout.select(idx, refill=refill)
         return tuple(layout.take(t, idx) for t in tensors), new_layout
+
+    def _protected(self, site: str, protected: List[int], device: torch.device) -> Tensor:
+        """Protected positions as a device tensor, made once: a forward makes no host-to-device copies."""
+        key = (site, device)
+        if key not in self._protected_cache:
+            with torch.inference_mode(False):
+                self._protected_cache[key] = torch.tensor(protected, device=device)
+        return self._protected_cache[key]
 
     def forward(self, x: Tensor) -> Any:
         try:

@@ -42,6 +42,7 @@ class BenchSettings:
     repeats: int = 20                 # timed samples per model and batch size
     min_sample_s: float = 0.05        # a sample repeats the call until it lasts this long
     compile: bool = False
+    graphs: bool = True               # on CUDA, replay each model from a CUDA graph (no launch overhead)
     stages: bool = False              # also time each block and list the ops that take the time
     seed: int = 0
 
@@ -111,16 +112,20 @@ def time_calls(fn: Callable[[], Any], calls: int, device: torch.device) -> float
 
 
 def time_interleaved(models: Dict[str, nn.Module], x: Tensor, settings: BenchSettings, device: torch.device,
-                     what: str = "timing") -> Tuple[Dict[str, Timing], Dict[str, Optional[int]]]:
-    """Warm up every model, then alternate their timed samples. Returns timings and peak CUDA memory (bytes)."""
+                     what: str = "timing") -> Tuple[Dict[str, Timing], Dict[str, Optional[int]], Dict[str, str]]:
+    """Warm up every model, then alternate their timed samples. Returns timings, peak CUDA memory (bytes) and the
+    mode each model was timed in ('cuda graph', 'eager', with '+ compile' when compiled)."""
     names = list(models)
     calls: Dict[str, int] = {}
     peak: Dict[str, Optional[int]] = {}
-    with torch.inference_mode(), autocast(device, settings.dtype):
+    runners: Dict[str, Callable[[], Any]] = {}
+    modes: Dict[str, str] = {}
+    with torch.inference_mode():
         for name in names:
-            run = _runner(models[name], x)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            runners[name], modes[name] = _runner(models[name], x, settings, device)
+            run = runners[name]
             for _ in range(max(settings.warmup, 1)):
                 run()
             per_call = time_calls(run, 1, device)
@@ -130,13 +135,34 @@ def time_interleaved(models: Dict[str, nn.Module], x: Tensor, settings: BenchSet
         with progress_bar(what, settings.repeats * len(names)) as advance:
             for r in range(settings.repeats):
                 for name in (names if r % 2 == 0 else names[::-1]):
-                    samples[name].append(time_calls(_runner(models[name], x), calls[name], device))
+                    samples[name].append(time_calls(runners[name], calls[name], device))
                     advance(1)
-    return {n: Timing(x.shape[0], samples[n], calls[n]) for n in names}, peak
+    return {n: Timing(x.shape[0], samples[n], calls[n]) for n in names}, peak, modes
 
 
-def _runner(model: nn.Module, x: Tensor) -> Callable[[], Any]:
-    return lambda: model(x)
+def _runner(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.device
+            ) -> Tuple[Callable[[], Any], str]:
+    """A no-argument call of the model on x, and how it runs: from a CUDA graph on CUDA unless disabled (a model
+    that cannot be captured falls back to eager, and the mode says why), eager elsewhere."""
+    suffix = " + compile" if settings.compile else ""
+    dtype = torch.bfloat16 if settings.dtype == "bf16" else None
+    if device.type == "cuda" and settings.graphs:
+        from ssmprune_cli.ops.graphs import GraphedForward
+
+        try:
+            g = GraphedForward(model, x, dtype)
+            return (lambda: g(g.static_in)), "cuda graph" + suffix
+        except Exception as exc:  # capture can fail in many ways; eager timing stays meaningful
+            torch.cuda.synchronize(device)
+            reason = " ".join(str(exc).split())[:120]
+            mode = f"eager{suffix} (graph capture failed: {type(exc).__name__}: {reason})"
+    else:
+        mode = "eager" + suffix
+
+    def run():
+        with autocast(device, settings.dtype):
+            return model(x)
+    return run, mode
 
 
 # ------------------------------------------------------------------------------------------------ where the time goes
@@ -160,7 +186,7 @@ def stage_times(model: nn.Module, x: Tensor, settings: BenchSettings, device: to
             for m in marks.values():
                 m.clear()
             for _ in range(calls):
-                totals.append(time_calls(_runner(model, x), 1, device))
+                totals.append(time_calls(lambda: model(x), 1, device))
     finally:
         for h in handles:
             h.remove()
@@ -326,9 +352,9 @@ def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: 
     ref = next(iter(eager.values()))
     for key, batch in (("latency", settings.latency_batch), ("throughput", settings.batch)):
         x = example_input(ref, batch, settings.seed).to(device)
-        timings, peak = _time_or_explain(run, x, settings, device, f"{key} (batch {batch})")
+        timings, peak, modes = _time_or_explain(run, x, settings, device, f"{key} (batch {batch})")
         for n, t in timings.items():
-            result["models"][n][key] = t.to_dict()
+            result["models"][n][key] = dict(t.to_dict(), mode=modes[n])
             if peak[n] is not None:
                 result["models"][n][key]["peak_memory_mib"] = peak[n] / 2**20
     if val is not None:
@@ -449,8 +475,9 @@ def render_bench(result: Dict[str, Any]) -> None:
                       f"{thr['images_per_s']:.1f} [{thr['iqr_ms']:.2f} ms]", top1)
     console.print(table)
     s = result["settings"]
+    modes = sorted({m[k].get("mode", "eager") for m in result["models"].values() for k in ("latency", "throughput")})
     note(f"batch {s['latency_batch']} latency, batch {s['batch']} throughput; median [IQR] of {s['repeats']} "
-         f"alternating samples after {s['warmup']} warm-up calls")
+         f"alternating samples after {s['warmup']} warm-up calls; timed as: {'; '.join(modes)}")
     c = result.get("comparison")
     if c:
         line = (f"throughput ×{c['throughput_speedup']:.3f}, latency ×{c['latency_speedup']:.3f}; FLOPs ratio "

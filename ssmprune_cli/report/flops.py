@@ -1,7 +1,8 @@
 """FLOPs as fvcore counts them, with a handle for the selective scan and an explicit decision for every other op.
 
 Convention (DESIGN 3): fvcore counts one multiply-add as one, so numbers are labelled "GMACs (fvcore)".
-Counted: linear / matmul / conv layers (fvcore's own handles) and the scan, 9·B·L·E·N + B·L·E for D + B·L·E for
+Counted: linear / matmul / conv layers (fvcore's own handles), the gather conv (the depthwise convs of pruned and
+dense mixers: one multiply-add per output and tap) and the scan, 9·B·L·E·N + B·L·E for D + B·L·E for
 the z gate when the scan applies it, per call (one call per direction). Not counted, by the same convention as
 the published numbers and the analytic cost model: normalisation, activations, elementwise arithmetic,
 reductions and the pruning bookkeeping (scores, top-k, index maps, gathers). Those ops are listed in the result
@@ -23,6 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from ssmprune_cli.ops.gather_conv import GATHER_CONV_OP, gather_conv_flop_jit
 
 CONVENTION = "GMACs (fvcore)"
 CONVENTION_NOTE = ("fvcore counts 1 multiply-add as 1; scan 9·B·L·E·N + 2·B·L·E per direction (DESIGN 3); norms, activations, elementwise ops and pruning "
@@ -149,6 +152,7 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
     seen: Counter = Counter()
     analysis = FlopCountAnalysis(model, (x,))
     analysis.set_op_handle(SCAN_OP, scan_flop_jit)
+    analysis.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
     for name in kernel_op_names():
         analysis.set_op_handle(name, kernel_scan_flop_jit)
     for name in NOT_COUNTED:

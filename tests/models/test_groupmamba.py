@@ -10,6 +10,7 @@ from ssmprune_cli.errors import BadInputError
 from ssmprune_cli.models import create_model, get_family
 from ssmprune_cli.models.groupmamba import GroupMamba, GroupMambaConfig, checkpoint_filter_fn, config_from_state_dict
 from ssmprune_cli.models.layers import TokenLayout, alignment_reference
+from ssmprune_cli.ops.gather_conv import GATHER_CONV_OP, gather_conv_flop_jit
 from ssmprune_cli.ops import selective_scan_ref
 
 # README params 23M / 34M / 57M; with dist_head [derived] 23.36 / 34.78 / 57.15M; MACs [derived] ≈4.67/7.23/14.1 G
@@ -367,7 +368,7 @@ def test_pruning_errors():
     m = make_model()
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     plan = random_plan(m, 1, {"1.1": 30})
-    with pytest.raises(ValueError, match="packed"):
+    with pytest.raises(BadInputError, match="packed"):
         m(x, hook=make_hook(m, plan, "packed", "bias"))
     with pytest.raises(BadInputError, match="calib"):
         m(x, hook=make_hook(m, plan, "hold", "calib"))  # no Δ̂ measured
@@ -386,7 +387,7 @@ def test_delta_probe_and_default_delta_hat():
 
 # ============================================================================== costs
 def fvcore_macs(model, x, hook=None):
-    """Linear + conv MACs as fvcore counts them (the scan is not a linear/conv op and is added by hand)."""
+    """Linear + conv + gather-conv MACs as fvcore counts them (the scan is added by hand)."""
     from fvcore.nn import FlopCountAnalysis
 
     class Wrap(torch.nn.Module):
@@ -398,8 +399,10 @@ def fvcore_macs(model, x, hook=None):
             return self.m(inp, hook=hook)
 
     fca = FlopCountAnalysis(Wrap(), x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    # the depthwise convs run as the gather conv: one multiply-add per output and tap
+    fca.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
     ops = fca.by_operator()
-    return ops["linear"] + ops["conv"]
+    return ops["linear"] + ops["conv"] + ops["gather_conv"]
 
 
 def scan_macs(model, tokens_per_block):

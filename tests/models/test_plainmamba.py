@@ -13,6 +13,7 @@ from torch import nn
 from ssmprune_cli.errors import BadInputError, CheckpointError
 from ssmprune_cli.models import create_model, get_family, list_models
 from ssmprune_cli.models.layers import TokenLayout, alignment_reference
+from ssmprune_cli.ops.gather_conv import GATHER_CONV_OP, gather_conv_flop_jit
 from ssmprune_cli.models.plainmamba import (
     PlainMamba,
     PlainMambaConfig,
@@ -397,7 +398,7 @@ def test_aligned_differs_from_naive_and_packed_is_refused():
     aligned = model(x, hook=pruning_hook(keeps, (4, 4), "hold", "calib"))
     naive = model(x, hook=pruning_hook(keeps, (4, 4), "zero", "zero"))
     assert (aligned - naive).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="packed"):
+    with pytest.raises(BadInputError, match="packed"):
         model(x, hook=pruning_hook(keeps, (4, 4), "packed", "zero"))
     for mx in model.mixers():
         mx.delta_hat = None
@@ -425,11 +426,19 @@ class _Hooked(nn.Module):
 
 
 def _fvcore_linear_conv(module, x):
+    """fvcore MACs per Linear / Conv2d module; a mixer's depthwise conv runs as the gather conv (one multiply-add
+    per output and tap), counted under its conv2d module's name."""
     from fvcore.nn import FlopCountAnalysis
 
     fca = FlopCountAnalysis(module, (x,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    fca.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
     counts = fca.by_module()
-    return {name: counts[name] for name, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    out = {name: counts[name] for name, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    for name in out:
+        if name.endswith("mamba.conv2d"):
+            out[name] = counts[name[: -len(".conv2d")]] - sum(
+                counts[n] for n in counts if n.startswith(name[: -len("conv2d")]) and n.count(".") == name.count("."))
+    return out
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -412,8 +412,9 @@ def test_block_costs_match_counted_macs():
     handles = [mod.register_forward_hook(count) for mod in m.modules()
                if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
     c = m.cfg
-    # Per token, both directions: the scan, and dt_proj (applied functionally: its bias enters the scan).
-    by_hand = 2 * (9 * c.d_inner * c.d_state + 2 * c.d_inner + c.dt_rank * c.d_inner)
+    # Per token, both directions: the scan, dt_proj (applied functionally: its bias enters the scan) and the
+    # depthwise conv (a kernel reading taps through the fill map, at kept tokens only).
+    by_hand = 2 * (9 * c.d_inner * c.d_state + 2 * c.d_inner + c.dt_rank * c.d_inner + c.d_inner * c.d_conv)
     costs = m.block_costs()
     for plan, tokens in (({}, [17, 17, 17, 17]), (PLAN, [17, 12, 12, 7])):
         counted[0] = 0

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from _scan_inputs import rel
 
 from ssmprune_cli.kernels import gather_conv as gk
-from ssmprune_cli.models.groupmamba import conv_tokens
 from ssmprune_cli.models.layers.token_layout import TokenLayout
 from ssmprune_cli.ops.gather_conv import GATHER_CONV_OP, gather_conv, gather_conv_flop_jit, gather_conv_ref
 from ssmprune_cli.report.flops import _fvcore_analysis
@@ -287,14 +286,15 @@ def test_serves_vims_two_directions(fill):
 
 
 def test_serves_the_2d_convs():
-    """GroupMamba's conv_tokens (scatter by the nearest kept token, conv on the grid, gather) as one op."""
+    """The three-pass form of a pruned 2-D conv (scatter by the nearest kept token, conv on the grid, gather at the
+    kept tokens) as one op."""
     b, grid, C = 2, (5, 6), 7
     keep, src, layout = layout_maps(b, grid, 21, "grid")
-    layout.conv_fill = "hold"
     conv = torch.nn.Conv2d(C, C, 3, padding=1, groups=C).double()
     x = torch.randn(b, 21, C, dtype=torch.float64)
-    torch.testing.assert_close(gather_conv(x, conv.weight[:, 0], conv.bias, grid, (1, 1), keep, src),
-                               conv_tokens(conv, x, grid, layout))
+    full = layout.scatter(x, "grid").transpose(1, 2).reshape(b, C, *grid)
+    three_pass = layout.gather(conv(full).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(gather_conv(x, conv.weight[:, 0], conv.bias, grid, (1, 1), keep, src), three_pass)
 
 
 # ----------------------------------------------------------------------------------------------- dispatch

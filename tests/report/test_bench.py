@@ -64,7 +64,8 @@ def test_samples_alternate_and_repeat_to_the_minimum_sample_time():
     log = []
     models = {"a": _Recorder("a", log, 0.002), "b": _Recorder("b", log, 0.012)}
     s = BenchSettings(warmup=1, repeats=4, min_sample_s=0.02)
-    timings, peak = time_interleaved(models, torch.zeros(2), s, CPU)
+    timings, peak, modes = time_interleaved(models, torch.zeros(2), s, CPU)
+    assert set(modes.values()) == {"eager"}
     assert peak == {"a": None, "b": None}
     ca, cb = timings["a"].calls_per_sample, timings["b"].calls_per_sample
     assert ca > cb >= 2  # the short call is repeated more often to fill a sample

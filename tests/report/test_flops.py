@@ -76,7 +76,7 @@ def test_dense_and_pruned_counts_agree_with_the_analytic_model(name):
     dense = count_flops(model)
     assert dense.unsupported == {}
     assert dense.macs == pytest.approx(schedule_macs(model, []), rel=0.01)
-    assert set(dense.by_operator) == {"conv", "linear", "selective_scan"}
+    assert set(dense.by_operator) == {"conv", "gather_conv", "linear", "selective_scan"}
     assert sum(dense.by_operator.values()) == dense.macs
     pruned_model = _pruned(model)
     pruned = count_flops(pruned_model, batch=2)  # per image whatever the batch

@@ -127,6 +127,40 @@ class TokenLayout:
             return torch.cat(out, dim=0)
         raise ValueError(f"unknown fill kind {kind!r}")
 
+    # ------------------------------------------------------------------ what the kernels read
+    def int32(self, key, fn_or_tensor) -> Tensor:
+        """A cached int32 copy (the kernels' index type) of an index tensor, or of what a callable returns."""
+        def make():
+            t = fn_or_tensor() if callable(fn_or_tensor) else fn_or_tensor
+            return t.to(torch.int32).contiguous()
+        return self._cached(("i32", key), make)
+
+    def keep_index(self) -> Tensor:
+        """(b, K) int32 positions of the kept tokens."""
+        return self.int32("keep", self.keep)
+
+    def source_map(self, kind: str) -> Tensor:
+        """(b, L) int32: the kept row each position reads under a fill kind (`fill_index`), -1 for zero."""
+        return self.int32(("fill", kind), lambda: self.fill_index(kind))
+
+    def raster_steps(self, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+        """Kept steps of the raster order (or of the reversed sequence): step indices (b, K), ascending, and the
+        kept row each visits."""
+        def make():
+            if not reverse:
+                return self.keep, torch.arange(self.num_kept, device=self.keep.device).expand(self.batch, -1)
+            steps = (self.length - 1 - self.keep).flip(1)
+            src = torch.arange(self.num_kept - 1, -1, -1, device=self.keep.device).expand(self.batch, -1)
+            return steps, src
+        return self._cached(("raster", reverse), make)
+
+    def step_gaps(self, steps: Tensor) -> Tensor:
+        """(b, K) float32: pruned steps just before each kept step (`steps` from this layout's caches)."""
+        def make():
+            prev = torch.cat([steps.new_full((steps.shape[0], 1), -1), steps[:, :-1]], dim=1)
+            return (steps - prev - 1).to(torch.float32)
+        return self._cached(("gaps", id(steps)), make)
+
     # ------------------------------------------------------------------ moving tokens
     def scatter(self, x: Tensor, fill_kind: str = "zero") -> Tensor:
         """(b, K, C) kept tokens → (b, L, C) full sequence, pruned positions filled by `fill_kind`."""

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One GPU session's checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
+#
+#   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train]
+#
+#   tests   the kernels' CUDA tests (compiled Triton, fast paths included)
+#   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
+#   base    the same cases with an older tree in .base/ (git archive of the commit to compare against), run
+#           after `models` in the same session, so both are timed on the same machine
+#   scan / norm / conv   the kernel benchmarks
+#   train   fine-tuning throughput, dense against pruned
+#   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
+#
+# Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
+set -uo pipefail
+out=${1:?output directory}; shift
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
+cases="vim_small plainmamba_l3 groupmamba_tiny"
+for step in "$@"; do
+    case "$step" in
+        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_fused_norm.py \
+                   tests/ops/test_gather_conv.py tests/ops/test_scan_triton.py 2>&1 | tail -5 | tee "$out/tests.txt" ;;
+        models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases --json "$out/models.json" \
+                   2>&1 | tee "$out/models.txt" | grep -E "throughput ×|^\S+ +(model|baseline)|timed as" ;;
+        base) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
+                   --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;
+        logits) (cd .base && python3 ../benchmarks/same_logits.py run "$out/logits_base.pt" >/dev/null) && \
+                python3 benchmarks/same_logits.py run "$out/logits_new.pt" >/dev/null && \
+                python3 benchmarks/same_logits.py compare "$out/logits_base.pt" "$out/logits_new.pt" \
+                   | tee "$out/logits.txt" | grep -E "bf16|largest" | sort -k4 -g | tail -4 ;;
+        scan) python3 benchmarks/scan.py --shapes vim_s --dtypes bf16 --skip-reference --json "$out/scan.json" \
+                   2>&1 | tail -4 ;;
+        norm) python3 benchmarks/fused_norm.py --json "$out/norm.json" 2>&1 | tail -12 ;;
+        conv) python3 benchmarks/gather_conv.py --json "$out/conv.json" 2>&1 | tail -16 ;;
+        train) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --json "$out/train.json" 2>&1 | tail -12 ;;
+        *) echo "unknown step $step" >&2 ;;
+    esac
+done

@@ -1,0 +1,207 @@
+"""The inference scan in token-major layout: activations stay (b, tokens, channels) as the matmuls produce them.
+
+`ssmprune_cli.ops.token_scan` is the definition (its docstring); this file is its Triton forward for CUDA tensors
+when no gradient is needed. Training goes through `ops.token_scan`'s general path (gathers + the channel-major
+kernels of selective_scan_kernels.py, which have a backward).
+
+One program owns one batch row and BE = 32·warps channels, one channel per thread with all its states in
+registers (the layout of `_fwd_kernel_tpc`), and walks the S steps of one scan order. Each step reads its rows
+through up to three index streams, so no activation is ever gathered, flipped or transposed in memory:
+    u row       where the step's input token sits (a kept token, or a position of a full-length tensor)
+    param row   where its Δ, B and C sit (PlainMamba pairs u of token o[t] with Δ/B/C of raster token t)
+    out row     where its output goes (and where z and the accumulator are read)
+A stream is an int32 (b, S) or shared (S,) array, or absent: then the row is the step itself, counted backwards
+when REVERSE is set (Vim's backward direction reads kept tokens in descending order, in place).
+
+Per-token loads in this layout are one coalesced 2-byte (bf16) or 4-byte element per thread and step, with no
+shared-memory conversion. The step's loads are issued one step ahead of their use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from . import selective_scan_kernels as K
+from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transpose, _vec
+
+import triton
+import triton.language as tl
+
+# One warp per program measured fastest for the one-channel-per-thread forward (docs/benchmarks.md).
+LAUNCH: Dict[str, int] = {"num_warps": 1}
+_TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
+
+
+@triton.jit
+def _rows(t, S, idx_ptr, HAS_IDX: tl.constexpr, REVERSE: tl.constexpr):
+    """The row step t reads through one index stream."""
+    if HAS_IDX:
+        return tl.load(idx_ptr + t).to(tl.int64)
+    elif REVERSE:
+        return (S - 1 - t).to(tl.int64)
+    else:
+        return t.to(tl.int64)
+
+
+@triton.jit
+def _step_inputs(t, S, u_row, dl_row, ui_row, pi_row, oi_row, gap_row, me, offs_e,
+                 s_ur, s_dr, U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr,
+                 REVERSE: tl.constexpr, HAS_GAP: tl.constexpr):
+    """Rows and per-token inputs of step t: (u, Δ pre-activation, gap, param row, out row)."""
+    ru = _rows(t, S, ui_row, U_IDX, REVERSE)
+    rp = _rows(t, S, pi_row, P_IDX, REVERSE)
+    ro = _rows(t, S, oi_row, O_IDX, REVERSE)
+    u = tl.load(u_row + ru * s_ur + offs_e, mask=me, other=0.0).to(tl.float32)
+    x = tl.load(dl_row + rp * s_dr + offs_e, mask=me, other=0.0).to(tl.float32)
+    if HAS_GAP:
+        g = tl.load(gap_row + t).to(tl.float32)
+    else:
+        g = (t * 0).to(tl.float32)  # a run-time scalar, so the loop carries one type either way
+    return u, x, g, rp, ro
+
+
+@triton.jit(do_not_specialize=["S", "s_an"])
+def _token_scan_kernel(
+    # pointers; A2T = (A * log2(e)) transposed, (n, e), e contiguous; Bt/Ct (b, Lp, NP) float32 copies
+    u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
+    ui_ptr, pi_ptr, oi_ptr,
+    # sizes; s_an = e (A2T's row stride, not specialised: it keeps the A load at one channel per thread)
+    S, E, N, Lp, s_an, out_scale,
+    # strides in elements (the channel stride of every activation is 1)
+    s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
+    # meta-parameters
+    BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
+    P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
+):
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    offs_n = tl.arange(0, NP)
+    me = offs_e < E
+    A2 = K._load_a2(A2T_ptr, offs_n, offs_e, me, N, s_an, 1, False)       # (NP, BE)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    vec: tl.constexpr = FAST and NP == 16
+    Bt_ptr += pid_b * Lp * NP
+    Ct_ptr += pid_b * Lp * NP
+    u_row = u_ptr + pid_b * s_ub
+    dl_row = dl_ptr + pid_b * s_db
+    z_row = z_ptr + pid_b * s_zb
+    a_row = acc_ptr + pid_b * s_ab
+    o_row = out_ptr + pid_b * s_ob
+    g_row = gap_ptr + pid_b * s_gb
+    ui_row = ui_ptr + pid_b * s_uib
+    pi_row = pi_ptr + pid_b * s_pib
+    oi_row = oi_ptr + pid_b * s_oib
+
+    h = tl.zeros((NP, BE), dtype=tl.float32)
+    un, xn, gn, rpn, ron = _step_inputs(S * 0, S, u_row, dl_row, ui_row, pi_row, oi_row, g_row, me, offs_e, s_ur, s_dr,
+                                        U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP)
+    for t in range(0, S):
+        uu, x, g, rp, ro = un, xn, gn, rpn, ron
+        # the next step's rows and inputs, one step ahead (the last iteration re-reads its own, harmlessly)
+        un, xn, gn, rpn, ron = _step_inputs(tl.minimum(t + 1, S - 1), S, u_row, dl_row, ui_row, pi_row, oi_row,
+                                            g_row, me, offs_e, s_ur, s_dr, U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP)
+        b = K._row16(Bt_ptr + rp * NP, offs_n, vec)
+        c = K._row16(Ct_ptr + rp * NP, offs_n, vec)
+        if HAS_BIAS:
+            x += bias
+        if SOFTPLUS:
+            dt, _unused = K._softplus(x, FAST, TERMS)
+        else:
+            dt = x
+        if HAS_GAP:
+            dtd = dt + g * fill
+        else:
+            dtd = dt
+        a = K._ex2(dtd[None, :] * A2, FAST)
+        h = a * h + (dt * uu)[None, :] * b[:, None]
+        y = tl.sum(h * c[:, None], axis=0)
+        if HAS_D:
+            y += Dv * uu
+        if HAS_ACC:
+            y += tl.load(a_row + ro * s_ar + offs_e, mask=me, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + ro * s_zr + offs_e, mask=me, other=0.0).to(tl.float32)
+            y *= zz * K._sigmoid(zz, FAST)
+        y *= out_scale
+        tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
+
+
+def _index(idx: Optional[Tensor], S: int, b: int, like: Tensor):
+    """(pointer tensor, batch stride) of an optional index stream; int32 (b, S) or shared (S,)."""
+    if idx is None:
+        return like, 0
+    if idx.dtype != torch.int32:
+        idx = idx.to(torch.int32)
+    if idx.dim() == 1:
+        return idx.contiguous(), 0
+    idx = idx if idx.stride(-1) == 1 else idx.contiguous()
+    return idx, idx.stride(0)
+
+
+def _channel_rows(x: Tensor) -> Tensor:
+    """Token-major (b, T, C): the channel axis must be contiguous; any batch and row strides."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, gap=None, delta_fill=None,
+                      u_idx=None, p_idx=None, o_idx=None, reverse=False, acc=None, out_scale=1.0,
+                      delta_softplus=True) -> Tensor:
+    """`ops.token_scan` forward on the GPU (or under TRITON_INTERPRET=1). No autograd: callers use it only when no
+    gradient is needed. The result is a new (b, S, E) tensor in u's dtype; `acc` is only read."""
+    b = int(u.shape[0])
+    E = int(u.shape[2])
+    if o_idx is not None:
+        S = int(o_idx.shape[-1])
+    elif u_idx is not None:
+        S = int(u_idx.shape[-1])
+    else:
+        S = int(u.shape[1])
+    Tp = int(delta.shape[1])
+    N = int(A.shape[1])
+    NP = _padded_states(N)
+    Lp = _cdiv(max(Tp, 1), _TILE) * _TILE
+    u, delta = _channel_rows(u), _channel_rows(delta)
+    z = None if z is None else _channel_rows(z)
+    Bv = B.detach().transpose(1, 2)                                     # (b, n, Tp) views for the copy kernel
+    Cv = C.detach().transpose(1, 2)
+    Xv = None if B_bias is None else B_bias.detach().transpose(-1, -2)  # (n, Tp) or (b, n, Tp)
+    Bt, Ct = _bc_copies(Bv, Cv, Xv, NP, Lp)
+    Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
+    if acc is not None:
+        acc = _channel_rows(acc)
+    out = torch.empty((b, S, E), dtype=u.dtype, device=u.device)
+    if S == 0 or b == 0:
+        return out
+    has_gap = gap is not None and delta_fill is not None
+    if has_gap:
+        gap = gap if gap.stride(-1) == 1 else gap.contiguous()
+    ui, s_uib = _index(u_idx, S, b, Bt)
+    pi, s_pib = _index(p_idx, S, b, Bt)
+    oi, s_oib = _index(o_idx, S, b, Bt)
+    num_warps = LAUNCH["num_warps"]
+    BE = 32 * num_warps
+    fast = not K.INTERPRET
+    terms = 4 if u.dtype in (torch.bfloat16, torch.float16) else 7
+    zz, aa = (z if z is not None else u), (acc if acc is not None else u)
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        _token_scan_kernel[(_cdiv(E, BE), b)](
+            u, delta, _scaled_transpose(A.detach()), Bt, Ct, Dv if Dv is not None else Bt, zz,
+            bias if bias is not None else Bt, gap if has_gap else Bt, fill if has_gap else Bt, aa, out,
+            ui, pi, oi,
+            S, E, N, Lp, E, float(out_scale),
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+            aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
+            s_uib, s_pib, s_oib,
+            BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
+            P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms,
+            num_warps=num_warps)
+    return out
