@@ -31,8 +31,8 @@ from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transp
 import triton
 import triton.language as tl
 
-# One warp per program measured fastest for the one-channel-per-thread forward (docs/benchmarks.md).
-LAUNCH: Dict[str, int] = {"num_warps": 1}
+# One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state.
+LAUNCH: Dict[str, Dict[str, int]] = {"states": {"num_warps": 1}, "one_state": {"BT": 128, "BE": 16, "num_warps": 4}}
 _TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
 
 
@@ -134,6 +134,103 @@ def _token_scan_kernel(
         tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
 
 
+@triton.jit
+def _rows_tile(tt, S, idx_ptr, mt, HAS_IDX: tl.constexpr, REVERSE: tl.constexpr):
+    """The rows a tile of steps reads through one index stream (steps past S read row 0, masked later)."""
+    if HAS_IDX:
+        return tl.load(idx_ptr + tt, mask=mt, other=0).to(tl.int64)
+    elif REVERSE:
+        return tl.where(mt, S - 1 - tt, 0).to(tl.int64)
+    else:
+        return tl.where(mt, tt, 0).to(tl.int64)
+
+
+@triton.jit
+def _linear_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2) of h <- a h + b: the composition's decay and input
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit(do_not_specialize=["S"])
+def _token_scan_one_state_kernel(
+    # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read)
+    u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
+    ui_ptr, pi_ptr, oi_ptr,
+    # sizes
+    S, E, Lp, out_scale,
+    # strides in elements (the channel stride of every activation is 1)
+    s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
+    # meta-parameters
+    BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
+    U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
+    TERMS: tl.constexpr,
+):
+    """One state per channel (GroupMamba, VMamba: d_state = 1). The recurrence h <- a h + b is first order, so
+    each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
+    tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time."""
+    pid_e = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_e = pid_e * BE + tl.arange(0, BE)
+    me = offs_e < E
+    a2 = tl.load(A2_ptr + offs_e, mask=me, other=0.0)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    Bt_ptr += pid_b * Lp * NP
+    Ct_ptr += pid_b * Lp * NP
+    u_row = u_ptr + pid_b * s_ub
+    dl_row = dl_ptr + pid_b * s_db
+    z_row = z_ptr + pid_b * s_zb
+    a_row = acc_ptr + pid_b * s_ab
+    o_row = out_ptr + pid_b * s_ob
+    g_row = gap_ptr + pid_b * s_gb
+    ui_row = ui_ptr + pid_b * s_uib
+    pi_row = pi_ptr + pid_b * s_pib
+    oi_row = oi_ptr + pid_b * s_oib
+    last = (tl.arange(0, BT) == BT - 1)[:, None]
+
+    carry = tl.zeros((BE,), dtype=tl.float32)
+    for t0 in range(0, S, BT):
+        tt = t0 + tl.arange(0, BT)
+        mt = tt < S
+        m2 = mt[:, None] & me[None, :]
+        ru = _rows_tile(tt, S, ui_row, mt, U_IDX, REVERSE)
+        rp = _rows_tile(tt, S, pi_row, mt, P_IDX, REVERSE)
+        ro = _rows_tile(tt, S, oi_row, mt, O_IDX, REVERSE)
+        uu = tl.load(u_row + ru[:, None] * s_ur + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(dl_row + rp[:, None] * s_dr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+        bb = tl.load(Bt_ptr + rp * NP, mask=mt, other=0.0)
+        cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
+        if HAS_BIAS:
+            x += bias[None, :]
+        if SOFTPLUS:
+            dt, _unused = K._softplus(x, FAST, TERMS)
+        else:
+            dt = x
+        if HAS_GAP:
+            g = tl.load(g_row + tt, mask=mt, other=0.0).to(tl.float32)
+            dtd = dt + g[:, None] * fill[None, :]
+        else:
+            dtd = dt
+        # steps past S: decay 1, input 0, so the tile's last row carries the state of its last real step
+        a = tl.where(m2, K._ex2(dtd * a2[None, :], FAST), 1.0)
+        bx = tl.where(m2, dt * uu * bb[:, None], 0.0)
+        decay, h = tl.associative_scan((a, bx), 0, _linear_combine)
+        h += decay * carry[None, :]
+        carry = tl.sum(tl.where(last, h, 0.0), axis=0)
+        y = h * cc[:, None]
+        if HAS_D:
+            y += Dv[None, :] * uu
+        if HAS_ACC:
+            y += tl.load(a_row + ro[:, None] * s_ar + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + ro[:, None] * s_zr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+            y *= zz * K._sigmoid(zz, FAST)
+        y *= out_scale
+        tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
 def _index(idx: Optional[Tensor], S: int, b: int, like: Tensor):
     """(pointer tensor, batch stride) of an optional index stream; int32 (b, S) or shared (S,)."""
     if idx is None:
@@ -151,9 +248,28 @@ def _channel_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+_A_CACHE: Dict[tuple, Tensor] = {}
+
+
+def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
+    """(n, e) float32 A · log2(e), e contiguous. From a parameter A_log it is computed once per parameter version
+    (a forward then launches nothing for it, and a CUDA graph replays no copy)."""
+    if not a_is_log:
+        return _scaled_transpose(A)
+    key = (A.data_ptr(), A._version, A.device, tuple(A.shape))
+    hit = _A_CACHE.get(key)
+    if hit is None:
+        with torch.inference_mode(False), torch.no_grad():
+            hit = (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
+        if len(_A_CACHE) > 4096:
+            _A_CACHE.clear()
+        _A_CACHE[key] = hit
+    return hit
+
+
 def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, gap=None, delta_fill=None,
                       u_idx=None, p_idx=None, o_idx=None, reverse=False, acc=None, out_scale=1.0,
-                      delta_softplus=True) -> Tensor:
+                      delta_softplus=True, a_is_log=False) -> Tensor:
     """`ops.token_scan` forward on the GPU (or under TRITON_INTERPRET=1). No autograd: callers use it only when no
     gradient is needed. The result is a new (b, S, E) tensor in u's dtype; `acc` is only read."""
     b = int(u.shape[0])
@@ -186,22 +302,28 @@ def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias
     ui, s_uib = _index(u_idx, S, b, Bt)
     pi, s_pib = _index(p_idx, S, b, Bt)
     oi, s_oib = _index(o_idx, S, b, Bt)
-    num_warps = LAUNCH["num_warps"]
-    BE = 32 * num_warps
     fast = not K.INTERPRET
     terms = 4 if u.dtype in (torch.bfloat16, torch.float16) else 7
     zz, aa = (z if z is not None else u), (acc if acc is not None else u)
+    A2T = _scaled_a(A, a_is_log)
+    common = (Dv if Dv is not None else Bt, zz, bias if bias is not None else Bt, gap if has_gap else Bt,
+              fill if has_gap else Bt, aa, out, ui, pi, oi)
+    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+               aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
+               s_uib, s_pib, s_oib)
+    flags = dict(NP=NP, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
+                 P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms)
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
-        _token_scan_kernel[(_cdiv(E, BE), b)](
-            u, delta, _scaled_transpose(A.detach()), Bt, Ct, Dv if Dv is not None else Bt, zz,
-            bias if bias is not None else Bt, gap if has_gap else Bt, fill if has_gap else Bt, aa, out,
-            ui, pi, oi,
-            S, E, N, Lp, E, float(out_scale),
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-            aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
-            s_uib, s_pib, s_oib,
-            BE=BE, NP=NP, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
-            P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms,
-            num_warps=num_warps)
+        if N == 1:
+            cfg = LAUNCH["one_state"]
+            _token_scan_one_state_kernel[(_cdiv(E, cfg["BE"]), b)](
+                u, delta, A2T, Bt, Ct, *common, S, E, Lp, float(out_scale), *strides,
+                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], **flags)
+        else:
+            num_warps = LAUNCH["states"]["num_warps"]
+            BE = 32 * num_warps
+            _token_scan_kernel[(_cdiv(E, BE), b)](
+                u, delta, A2T, Bt, Ct, *common, S, E, N, Lp, E, float(out_scale), *strides,
+                BE=BE, **flags, num_warps=num_warps)
     return out

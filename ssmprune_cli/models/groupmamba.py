@@ -143,7 +143,7 @@ class SS2D(nn.Module):
         # and every order writes back to raster rows (the official CrossMerge)
         order = None if self.order in ("row", "row_rev") else scan_order(self.order, hw[0], hw[1], x.device)
         plan = core.scan_plan(layout, L, order, reverse=self.order == "row_rev", key=f"{FAMILY}:{self.order}")
-        y = core.scan(self, 0, u, dt, -torch.exp(self.A_logs), B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
+        y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
         n = self.out_norm  # out_norm(y) · silu(z), one kernel on the GPU
         y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=F.silu(z))
         return self.out_proj(y)

@@ -242,12 +242,11 @@ class PlainMamba2D(nn.Module):
         dt_low, B, C = self.x_proj(x_conv).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt_low)                                       # bias once here, once more in the scan
         L = hw[0] * hw[1]
-        A = -torch.exp(self.A_log)
         y = None
         for k in range(N_DIRECTIONS):
             plan = core.scan_plan(layout, L, orders.order[k], key=f"{FAMILY}.{k}", pairing=True)
             # the four orders sum at each token, then one gate: the last scan applies silu(z) to the sum
-            y = core.scan(self, k, x_conv, dt, A, B, C, self.D, self.dt_proj.bias, plan, layout,
+            y = core.scan(self, k, x_conv, dt, self.A_log, B, C, self.D, self.dt_proj.bias, plan, layout,
                           B_bias=self.direction_Bs[orders.codes[k]], z=z if k == N_DIRECTIONS - 1 else None,
                           acc=y)
         return self.out_proj(y)

@@ -185,7 +185,7 @@ class VimMixer(nn.Module):
             dt = F.linear(dt_low, dt_proj.weight)                       # the bias enters once, in the scan
             plan = core.scan_plan(layout, L, reverse=d == 1)
             # forward: y_f; backward: (y_f + y_b) · silu(z) / 2, the official "div2" with one shared gate
-            y = core.scan(self, d, u, dt, -torch.exp(A_log), B, C, D, dt_proj.bias, plan, layout,
+            y = core.scan(self, d, u, dt, A_log, B, C, D, dt_proj.bias, plan, layout,
                           z=z if d == 1 else None, acc=y, out_scale=0.5 if d == 1 else 1.0)
         return self.out_proj(y)
 

@@ -81,6 +81,8 @@ def gather_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[i
     name = backend or current_backend()
     if name == "auto":
         name = "triton" if x.is_cuda else "reference"
+    if torch.compiler.is_compiling():
+        name = "reference"  # torch.compile traces the PyTorch form (inductor fuses its gathers itself)
     if name not in ("triton", "reference", "exact"):
         raise ValueError(f"unknown gather-conv backend {name!r}; choose one of auto, triton, reference, exact")
     if torch.jit.is_tracing():

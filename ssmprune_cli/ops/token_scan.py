@@ -61,8 +61,10 @@ def _steps(u: Tensor, u_idx, p_idx, o_idx) -> int:
 
 def token_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, gap=None, delta_fill=None,
                    u_idx=None, p_idx=None, o_idx=None, reverse=False, acc=None, out_scale=1.0,
-                   delta_softplus=True, backend: Optional[str] = None) -> Tensor:
+                   delta_softplus=True, a_is_log=False, backend: Optional[str] = None) -> Tensor:
     """The definition, differentiable: gather each step's rows, scan channel-major, place the outputs."""
+    if a_is_log:
+        A = -torch.exp(A)
     S = _steps(u, u_idx, p_idx, o_idx)
     us = _rows(u, u_idx, S, reverse).transpose(1, 2)                      # (b, E, S) in step order
     dts = _rows(delta, p_idx, S, reverse).transpose(1, 2)
@@ -86,8 +88,10 @@ def token_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=No
 
 def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, gap=None, delta_fill=None,
                u_idx=None, p_idx=None, o_idx=None, reverse=False, acc=None, out_scale=1.0, delta_softplus=True,
-               backend: Optional[str] = None) -> Tensor:
-    """Dispatch: the fused Triton forward for CUDA inference, `token_scan_ref` otherwise (module docstring)."""
+               a_is_log=False, backend: Optional[str] = None) -> Tensor:
+    """Dispatch: the fused Triton forward for CUDA inference, `token_scan_ref` otherwise (module docstring).
+
+    a_is_log: A holds the parameter A_log and the scan uses -exp(A_log) (the kernel caches its copy of it)."""
     name = backend or current_backend()
     if name == "auto":
         name = "triton" if u.is_cuda else "reference"
@@ -96,7 +100,7 @@ def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, 
     fused = (name == "triton" and not grad and not torch.jit.is_tracing()
              and all(t is None or t.dtype != torch.float64 for t in tensors))
     args = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, bool(reverse), acc,
-            float(out_scale), bool(delta_softplus))
+            float(out_scale), bool(delta_softplus), bool(a_is_log))
     if not fused:
         return token_scan_ref(*args, backend=name)
     if torch.compiler.is_compiling():
@@ -118,15 +122,15 @@ def _compiled_op():
                z: Optional[Tensor], delta_bias: Optional[Tensor], B_bias: Optional[Tensor], gap: Optional[Tensor],
                delta_fill: Optional[Tensor], u_idx: Optional[Tensor], p_idx: Optional[Tensor],
                o_idx: Optional[Tensor], reverse: bool, acc: Optional[Tensor], out_scale: float,
-               delta_softplus: bool) -> Tensor:
+               delta_softplus: bool, a_is_log: bool) -> Tensor:
             from ssmprune_cli.kernels.token_scan import token_scan_triton
 
             return token_scan_triton(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx,
-                                     o_idx, reverse, acc, out_scale, delta_softplus)
+                                     o_idx, reverse, acc, out_scale, delta_softplus, a_is_log)
 
         @op.register_fake
         def _(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc,
-              out_scale, delta_softplus):
+              out_scale, delta_softplus, a_is_log):
             S = _steps(u, u_idx, p_idx, o_idx)
             return u.new_empty((u.shape[0], S, u.shape[2]))
 

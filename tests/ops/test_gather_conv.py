@@ -220,7 +220,8 @@ def test_kernel_any_strides():
     keep_s = torch.stack([keep, keep], dim=-1)[..., 0]
     src_s = torch.stack([src.int(), src.int()], dim=-1)[..., 1]
     assert x.stride(2) != 1 and not weight.is_contiguous() and keep_s.stride(1) == 2 and src_s.stride(1) == 2
-    out = gather_conv(x, weight, None, grid, (1, 1), keep_s, src_s, backend="triton")
+    dev = lambda t: t.to(DEVICE)  # noqa: E731  (.to keeps the strides of these views)
+    out = gather_conv(dev(x), dev(weight), None, grid, (1, 1), dev(keep_s), dev(src_s), backend="triton")
     assert rel(out, loop_definition(x, weight, None, grid, (1, 1), keep, src)) < 1e-5
 
 

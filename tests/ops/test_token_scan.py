@@ -152,6 +152,39 @@ def test_triton_forward_small_state(N):
     assert rel(token_scan(**_on_device(kw), backend="triton"), _loop_of(kw)) < 1e-5
 
 
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Several step tiles and channel blocks per row for the one-state kernel, even at tiny sizes."""
+    from ssmprune_cli.kernels import token_scan as ts
+
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1})
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_one_state_kernel_across_tiles(case, small_tiles):
+    """d_state = 1 runs a parallel prefix per tile of steps and carries the state across tiles: 29 steps over
+    four tiles (the last one partial), 37 channels over three blocks, with every index form and option."""
+    kw = _case(N=1, S=29, T=33, E=37, acc=True, B_bias="batch", **CASES[case], seed=40 + case)
+    out = token_scan(**_on_device(kw), backend="triton")
+    assert rel(out, _loop_of(kw)) < 1e-5
+
+
+def test_a_log_form_matches():
+    """With a_is_log the op takes the parameter A_log (A = -exp(A_log)); the kernel caches its copy of it."""
+    kw = _case(idx="perm", seed=7)
+    A_log = torch.log(-kw["A"])
+    kw_log = dict(kw, A=A_log)
+    want = _loop_of(kw)
+    assert rel(token_scan(**_on_device(kw_log), a_is_log=True, backend="triton"), want) < 1e-5
+    exact = _loop_of(dict(kw, A=-torch.exp(A_log.double())))   # A as the float64 reference derives it
+    assert rel(token_scan_ref(**_double(kw_log), a_is_log=True, backend="exact"), exact) < 1e-12
+    # a changed parameter (an in-place update bumps its version) is not served from the cache
+    with torch.no_grad():
+        A_log.add_(0.3)
+    kw2 = dict(kw, A=-torch.exp(A_log))
+    assert rel(token_scan(**_on_device(dict(kw_log, A=A_log)), a_is_log=True, backend="triton"), _loop_of(kw2)) < 1e-5
+
+
 def test_triton_forward_bf16_and_several_channel_blocks():
     kw = _case(E=70, dtype=torch.bfloat16, acc=True, z=True, reverse=True, seed=3)
     out = token_scan(**_on_device(kw), backend="triton")

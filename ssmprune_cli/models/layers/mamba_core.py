@@ -127,11 +127,12 @@ def delta_fill(mixer: nn.Module, layout: Optional[TokenLayout], d: int) -> Optio
     return mixer.delta_hat[d]
 
 
-def scan(mixer: nn.Module, d: int, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-         delta_bias: Optional[Tensor], plan: ScanPlan, layout: Optional[TokenLayout], *,
+def scan(mixer: nn.Module, d: int, u: Tensor, dt: Tensor, A_log: Tensor, B: Tensor, C: Tensor,
+         D: Optional[Tensor], delta_bias: Optional[Tensor], plan: ScanPlan, layout: Optional[TokenLayout], *,
          B_bias: Optional[Tensor] = None, z: Optional[Tensor] = None, acc: Optional[Tensor] = None,
          out_scale: float = 1.0) -> Tensor:
-    """Direction d of `mixer`: out[o] = out_scale · (acc[o] + y) · silu(z[o]) (ops/token_scan.py), token-major.
+    """Direction d of `mixer`: out[o] = out_scale · (acc[o] + y) · silu(z[o]) (ops/token_scan.py), token-major,
+    with A = -exp(A_log).
 
     Reports the post-softplus Δ (b, E, steps) in scan order to `mixer.delta_probe` when one is set (calibration)."""
     probe = getattr(mixer, "delta_probe", None)
@@ -140,9 +141,9 @@ def scan(mixer: nn.Module, d: int, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, 
         probe(d, F.softplus(rows + delta_bias[:, None]).detach() if delta_bias is not None else F.softplus(rows))
     fill = delta_fill(mixer, layout, d)
     if layout is not None and reference_active():
-        return _scan_reference(u, dt, A, B, C, D, delta_bias, plan, B_bias, fill, z, acc, out_scale)
-    return token_scan(u, dt, A, B, C, D, z, delta_bias, B_bias, plan.gap, fill, plan.u_idx, plan.p_idx,
-                      plan.o_idx, plan.reverse, acc, out_scale)
+        return _scan_reference(u, dt, -torch.exp(A_log), B, C, D, delta_bias, plan, B_bias, fill, z, acc, out_scale)
+    return token_scan(u, dt, A_log, B, C, D, z, delta_bias, B_bias, plan.gap, fill, plan.u_idx, plan.p_idx,
+                      plan.o_idx, plan.reverse, acc, out_scale, a_is_log=True)
 
 
 def _steps(u: Tensor, plan: ScanPlan) -> int:
