@@ -1,12 +1,15 @@
-"""Images for calibration and evaluation: an ImageFolder tree (class sub-folders) or a flat folder.
+"""Images for calibration, evaluation and fine-tuning: an ImageFolder tree (class sub-folders) or a flat folder.
 
-Preprocessing follows the model's own input size and normalisation: images at the model's size (e.g. CIFAR 32 px
-for a 32 px model) are only converted; larger ones are resized (shorter side to size/0.875, bicubic) and
-centre-cropped, the usual ImageNet evaluation transform.
+One preprocessing path, the model's own, serves every command (prune, eval, bench, finetune): images at the
+model's input size (e.g. CIFAR 32 px for a 32 px model) are only converted; others get the ImageNet evaluation
+transform as timm and torchvision define it: the shorter side resized to floor(size / 0.875) (bicubic, the longer
+side in proportion, truncated), then a centred crop. The result is kept as uint8 (`image_array`) and normalised
+with the model's mean and std (`normalise`); fine-tuning decodes the same uint8 pixels once into memory.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,30 +73,44 @@ def find_images(root, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
     return ImageSet(paths, labels, classes)
 
 
-def preprocess(img: Image.Image, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def resize_crop(img: Image.Image, size: Tuple[int, int], crop_pct: float = CROP_PCT) -> Image.Image:
+    """RGB at the model's (H, W): unchanged when it is that size already, else the evaluation transform (module
+    docstring). Offsets round((side - crop) / 2) as torchvision's CenterCrop."""
     img = img.convert("RGB")
     H, W = size
-    if img.size != (W, H):
-        scale_to = int(round(max(H, W) / CROP_PCT))
-        w, h = img.size
-        s = scale_to / min(w, h)
-        img = img.resize((max(W, round(w * s)), max(H, round(h * s))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - W) // 2, (h - H) // 2
-        img = img.crop((left, top, left + W, top + H))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s_ = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s_
+    if img.size == (W, H):
+        return img
+    scale = math.floor(max(H, W) / crop_pct)
+    w, h = img.size
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    img = img.resize(new, Image.BICUBIC)
+    left, top = int(round((new[0] - W) / 2.0)), int(round((new[1] - H) / 2.0))
+    return img.crop((left, top, left + W, top + H))
+
+
+def image_array(path: Path, size: Tuple[int, int]) -> np.ndarray:
+    """The file's pixels at the model's size, (H, W, 3) uint8: what evaluation and training both start from."""
+    try:
+        with Image.open(path) as img:
+            return np.array(resize_crop(img, size), dtype=np.uint8)  # a writable copy
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def normalise(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
+    """uint8 pixels (..., 3, H, W) → the model's input: x / 255, minus mean, over std (per channel)."""
+    m = torch.tensor(mean, device=x_uint8.device, dtype=dtype)[:, None, None]
+    s = torch.tensor(std, device=x_uint8.device, dtype=dtype)[:, None, None]
+    return (x_uint8.to(dtype) / 255.0 - m) / s
+
+
+def preprocess(img: Image.Image, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    arr = np.array(resize_crop(img, size), dtype=np.uint8)
+    return normalise(torch.from_numpy(arr).permute(2, 0, 1), mean, std)
 
 
 def load_image(path: Path, size, mean, std) -> Tensor:
-    try:
-        with Image.open(path) as img:
-            return preprocess(img, size, mean, std)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    return normalise(torch.from_numpy(image_array(path, size)).permute(2, 0, 1), mean, std)
 
 
 def iter_batches(images: ImageSet, batch_size: int, size, mean, std,
