@@ -76,6 +76,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
                                                  "available).")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+ValLimitOpt = Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images: the "
+                                                  "same ones in prune, eval, bench and finetune (a fixed subset "
+                                                  "of the folder, whatever --seed).")]
 ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="YAML/JSON mapping of model config "
                                                         "fields the weights cannot tell (mean, std, stride, "
                                                         "img_size, ...).")]
@@ -274,8 +277,7 @@ def prune(
     device: DeviceOpt = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
                                                 "and the pruned model in the report.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images.")
-                         ] = None,
+    val_limit: ValLimitOpt = None,
     max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: exit 3 when the pruned model "
                                                        "costs more GMACs (fvcore).")] = None,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: exit 3 when top-1 drops "
@@ -358,8 +360,9 @@ def eval_(
                                       "agreement only.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Also report agreement with (and the "
                                                      "accuracy of) this model.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use this many images (seeded random "
-                                                 "subset).")] = None,
+    val_limit: ValLimitOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, hidden=True, help="Deprecated spelling of "
+                                                 "--val-limit.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
                                                           "is more points below --baseline's.")] = None,
@@ -378,9 +381,15 @@ def eval_(
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
+    if limit is not None:
+        if val_limit is not None and val_limit != limit:
+            raise BadInputError("--limit is the old name of --val-limit: give one of them")
+        note("--limit is deprecated: use --val-limit (the same option in prune, bench and finetune)")
+        val_limit = limit
     if max_acc_drop is not None and baseline is None:
         raise BadInputError("--max-acc-drop needs --baseline")
-    result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, limit=limit, batch_size=batch_size,
+    result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, val_limit=val_limit,
+                                  batch_size=batch_size,
                                   device=device, load_options={"family": family, "ema": ema,
                                                                "trust_pickle": trust_pickle,
                                                                **model_overrides(model_config)}))
@@ -417,8 +426,9 @@ def finetune(
     train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="Use this many training "
                                                         "images (seeded random subset).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images: top-1 before and after.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    val_limit: ValLimitOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the --train-images subset, shuffling and "
+                                      "augmentation.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
     no_progress: NoProgressOpt = False,
@@ -471,8 +481,8 @@ def bench(
     stages: Annotated[bool, typer.Option("--stages", help="Also time each block and group the ops' time.")] = False,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): measure top-1 "
                                                 "of both models.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images "
-                                                     "(seeded random subset).")] = None,
+    val_limit: ValLimitOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the random inputs that are timed and counted.")] = 0,
     max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: fail (exit 3) when MODEL costs "
                                                        "more GMACs (fvcore).")] = None,
     min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: fail (exit 3) when the "
@@ -491,7 +501,7 @@ def bench(
     from ssmprune_cli.report.gates import raise_for_gates
 
     settings = BenchSettings(device=device, dtype=dtype, batch=batch, latency_batch=latency_batch, warmup=warmup,
-                             repeats=repeats, compile=compile_, stages=stages)
+                             repeats=repeats, compile=compile_, stages=stages, seed=seed)
     req = BenchRequest(model=model, baseline=baseline, settings=settings, val=val, val_limit=val_limit,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
                                      **model_overrides(model_config)})

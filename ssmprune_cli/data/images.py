@@ -5,10 +5,15 @@ model's input size (e.g. CIFAR 32 px for a 32 px model) are only converted; othe
 transform as timm and torchvision define it: the shorter side resized to floor(size / 0.875) (bicubic, the longer
 side in proportion, truncated), then a centred crop. The result is kept as uint8 (`image_array`) and normalised
 with the model's mean and std (`normalise`); fine-tuning decodes the same uint8 pixels once into memory.
+
+Subsets (docs/data.md): `validation_images(root, limit)` (= `find_images` without a seed) is the validation subset, a function of the
+files alone, so every command evaluates the same images for the same `--val-limit`; with a seed it is a seeded
+random draw (calibration and training subsets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass
@@ -35,9 +40,16 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices) -> "ImageSet":
+        """These images, in file order."""
+        keep = sorted(indices)
+        return ImageSet([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.classes)
 
-def find_images(root, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
-    """List images under `root`; with `limit`, a seeded class-balanced-in-expectation random subset."""
+
+def find_images(root, limit: Optional[int] = None, seed: Optional[int] = None) -> ImageSet:
+    """List images under `root`. With `limit`: without `seed`, the validation subset (`validation_order`: the
+    same images whatever the command or its seed); with `seed`, a seeded random subset. Either is returned in
+    file order and is class-balanced in expectation."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
@@ -64,13 +76,30 @@ def find_images(root, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
                 labels.append(-1)
     if not paths:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    if limit is not None and limit < len(paths):
+    images = ImageSet(paths, labels, classes)
+    if limit is None or limit >= len(paths):
+        return images
+    if seed is None:
+        order = validation_order(images, root)
+    else:
         order = list(range(len(paths)))
         random.Random(seed).shuffle(order)
-        keep = sorted(order[:limit])
-        paths = [paths[i] for i in keep]
-        labels = [labels[i] for i in keep]
-    return ImageSet(paths, labels, classes)
+    return images.subset(order[:limit])
+
+
+def validation_images(root, limit: Optional[int] = None) -> ImageSet:
+    """The validation subset of `root` (all images without `limit`): `find_images(root, limit)` with no seed."""
+    return find_images(root, limit=limit, seed=None)
+
+
+def validation_order(images: ImageSet, root) -> List[int]:
+    """Indices of `images` in the order the validation subset takes them: by the SHA-256 of each file's path
+    relative to `root`. A function of the files alone (no seed, no machine): `--val-limit N` means the same N
+    images in prune, eval, bench and finetune, wherever the folder lies; adding images brings in only those new
+    files whose hash sorts earlier."""
+    root = Path(root)
+    keys = [hashlib.sha256(p.relative_to(root).as_posix().encode()).digest() for p in images.paths]
+    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 def resize_crop(img: Image.Image, size: Tuple[int, int], crop_pct: float = CROP_PCT) -> Image.Image:

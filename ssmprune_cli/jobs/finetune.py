@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ssmprune_cli.data.images import find_images, model_input_spec
+from ssmprune_cli.data.images import find_images, model_input_spec, validation_images
 from ssmprune_cli.errors import BadInputError, DataError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
@@ -69,7 +69,7 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
         raise DataError(f"--train {req.train} has no class folders: fine-tuning needs labelled images")
     val = None
     if req.val is not None:
-        val = TensorImages.from_image_set(find_images(req.val, limit=req.val_limit, seed=cfg.seed), size).to(device)
+        val = TensorImages.from_image_set(validation_images(req.val, req.val_limit), size).to(device)
     before = accuracy(student, val, mean, std) if val is not None else None
     state = out.with_name(f".{out.name}.train_state.pt")
     with progress_bar("fine-tuning", None) as advance:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import yaml
 
-from ssmprune_cli.data.images import ImageSet, find_images
+from ssmprune_cli.data.images import ImageSet, find_images, validation_images
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
@@ -36,7 +36,7 @@ from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
 
-from .common import _batches, pick_device, predictions
+from .common import _batches, pick_device, predictions, top1
 
 
 @dataclass
@@ -184,7 +184,7 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     accuracy = None
     if req.val is not None:
         accuracy = measure_accuracy(model, pruned, req.val, req.val_limit, int(calib["batch_size"]), device,
-                                    dtype, seed)
+                                    dtype)
     elif req.max_acc_drop is not None:
         raise BadInputError("--max-acc-drop needs --val (labelled images)")
     speed = None
@@ -203,15 +203,14 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     return report
 
 
-def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype, seed) -> Dict[str, Any]:
-    images = find_images(val_dir, limit=limit, seed=seed)
+def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype) -> Dict[str, Any]:
+    images = validation_images(val_dir, limit)  # the images eval, bench and finetune --val use, whatever the seed
     if any(lbl < 0 for lbl in images.labels):
         raise DataError(f"--val {val_dir} has no class folders: top-1 needs labelled images (ImageFolder)")
     labels = torch.tensor(images.labels)
     dense = predictions(model, images, batch_size, device, dtype, "dense top-1")
     ours = predictions(pruned, images, batch_size, device, dtype, "pruned top-1")
-    return {"images": len(images), "baseline_top1": float((dense == labels).float().mean()) * 100,
-            "top1": float((ours == labels).float().mean()) * 100}
+    return {"images": len(images), "baseline_top1": top1(dense, labels), "top1": top1(ours, labels)}
 
 
 def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any]]:
