@@ -418,9 +418,11 @@ def finetune(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")],
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint (default: the dense "
                                                     "model inside MODEL).")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Epochs (fractions allowed).")] = 1.0,
+    epochs: Annotated[float, typer.Option("--epochs", help="Epochs, more than 0 (fractions allowed).")] = 1.0,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per process under "
+                                            "torchrun); a smaller training set trains on one batch of all "
+                                            "of it.")] = 64,
     distill_alpha: Annotated[float, typer.Option("--distill-alpha", min=0.0, max=1.0, help="Weight of the "
                                                  "soft-logit KL to the teacher (the rest: labels).")] = 0.5,
     train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="Use this many training "

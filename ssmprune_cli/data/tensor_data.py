@@ -44,9 +44,6 @@ class TensorImages:
     def to(self, device) -> "TensorImages":
         return TensorImages(self.images.to(device), self.labels.to(device))
 
-    def shard(self, rank: int, world: int) -> "TensorImages":
-        return TensorImages(self.images[rank::world], self.labels[rank::world])
-
 
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Random crop with zero padding and horizontal flip, per image, on the tensor's device."""
