@@ -270,9 +270,11 @@ def prune(
                                                       )] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="With --ratio: uniform, early or late keep "
                                                  "rates across the prune points.")] = None,
-    auto: Annotated[bool, typer.Option("--auto", help="Choose conv_fill, delta_fill and the split by agreement "
-                                       "with the dense model on held-out calibration images.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (recipe default 0).")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Try conv_fill, delta_fill and the split against the dense "
+                                       "model on held-out calibration images; keep the default unless one is "
+                                       "better beyond its noise.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the calibration subset, the held-out "
+                                                "split and `random` scores (recipe default 0).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
@@ -348,8 +350,7 @@ def _render_prune(r: Dict[str, Any], out: Path) -> None:
     if agree is not None:
         console.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")
     if r.get("auto"):
-        c = r["auto"]["chosen"]
-        console.print(f"--auto chose conv_fill={c['conv_fill']} delta_fill={c['delta_fill']} split={c['split']}")
+        console.print(f"--auto {r['auto']['decision']}")
 
 
 # ---------------------------------------------------------------------------------------------- eval
