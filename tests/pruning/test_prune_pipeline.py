@@ -17,6 +17,7 @@ from ssmprune_cli.data.images import find_images, load_image
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.jobs import PruneRequest, run_prune
+from ssmprune_cli.jobs import prune as prune_job
 from ssmprune_cli.jobs.prune import calibration_sets, make_points, policy_candidates
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning import recipe as recipes
@@ -224,9 +225,10 @@ def test_auto_scores_match_an_independent_measurement(cifar_test_dir, tmp_path, 
 
 @pytest.mark.parametrize("name, wrap, at", [("plainmamba_test", "state_dict", ["1", "2"]),
                                             ("groupmamba_test", None, ["1.1", "2.1"])])
-def test_prune_other_families_end_to_end(name, wrap, at, cifar_test_dir, tmp_path):
+def test_prune_other_families_end_to_end(name, wrap, at, cifar_test_dir, tmp_path, monkeypatch):
     """Official layouts of the 2-D families (PlainMamba's mmcv {'state_dict'} with `backbone.`/`head.fc.`
-    keys; GroupMamba's bare EMA dict), real calibration images, outputs that reload alone."""
+    keys; GroupMamba's bare EMA dict), real calibration images; the written model reloads alone and gives the
+    in-memory pruned model's logits, and its Δ̂ is the mean Δ over the calibration images measured here."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10)
     sd = model.state_dict()
@@ -235,12 +237,28 @@ def test_prune_other_families_end_to_end(name, wrap, at, cifar_test_dir, tmp_pat
     path = tmp_path / f"{name}.pth"
     torch.save({wrap: sd} if wrap else sd, path)
     out = tmp_path / "out"
+    in_memory = {}
+    write = prune_job.write_outputs
+
+    def keep_pruned(out, req, loaded, pruned, *args, **kw):
+        in_memory["model"] = pruned
+        return write(out, req, loaded, pruned, *args, **kw)
+
+    monkeypatch.setattr(prune_job, "write_outputs", keep_pruned)
     report = run_prune(_request(path, out, keep=[0.6, 0.6], at=at, calib=cifar_test_dir, calib_images=12))
     assert report["source"]["family"] == name.split("_")[0]
     assert report["flops"]["reduction"] > 0
     again = ssmprune_cli.load(out / "model.safetensors")
     assert isinstance(again, PrunedModel) and again.spec.conv_fill == "hold"
-    x = torch.randn(2, 3, *again.input_size()[1:])
+    assert again.spec == in_memory["model"].spec and again.spec.delta_fill == "calib"
+    size, mean, std = again.input_size()[1:], *again.normalization()
+    x = torch.stack([load_image(p, size, mean, std) for p in find_images(cifar_test_dir).paths[::12]])
     with torch.no_grad():
         y = again(x)
-    assert y.shape == (2, 10) and torch.isfinite(y).all()
+        assert y.shape == (10, 10) and torch.equal(y, in_memory["model"](x))
+    # Δ̂: the dense model's mean Δ over the 12 calibration images (the seeded subset), by the test's own hook
+    cal = find_images(cifar_test_dir, limit=12, seed=0).paths
+    dense = ssmprune_cli.load(path)
+    want = reference_delta_hat(dense, [torch.stack([load_image(p, size, mean, std) for p in cal])], monkeypatch)
+    for m, w in zip(again.mixers(), want, strict=True):
+        torch.testing.assert_close(m.delta_hat.double(), w, rtol=1e-5, atol=1e-8)
