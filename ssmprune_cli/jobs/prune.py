@@ -319,7 +319,8 @@ def _decision_text(decision, candidates: List[Dict[str, Any]], n: int) -> str:
     c = candidates[decision.chosen]
     return (f"chose {_policy_name(c)}: its mean KL to the dense model is lower than the default's "
             f"({_policy_name(candidates[0])}) by {-c['kl_vs_default']:.4g} ± {c['kl_vs_default_se']:.2g} "
-            f"(paired standard error) on {n} held-out images, beyond the {decision.z:.2f} needed")
+            f"(paired standard error) on {n} held-out images, more than the {decision.z:.2f} standard errors "
+            "needed")
 
 
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
