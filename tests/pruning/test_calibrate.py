@@ -16,8 +16,8 @@ def test_measure_delta_hat_is_the_mean_delta_each_scan_receives(name, monkeypatc
     with torch.no_grad():  # away from the initialisation, where some families' Δ is almost their dt bias alone
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    # batches of unequal size: a mean of batch means would weigh the 1-image batch like the 3-image one
-    batches = [torch.randn(b, *model.input_size(), generator=g) for b in (3, 1)]
+    # batches of unequal size: a mean of batch means would weigh the 1-image batch like the 2-image one
+    batches = [torch.randn(b, *model.input_size(), generator=g) for b in (2, 1)]
     ours = measure_delta_hat(model, batches)
     ref = reference_delta_hat(model, batches, monkeypatch)
     assert len(ours) == len(ref) == len(model.mixers())
