@@ -389,11 +389,9 @@ def eval_(
         val_limit = limit
     if max_acc_drop is not None and baseline is None:
         raise BadInputError("--max-acc-drop needs --baseline")
+    load_options = {"family": family, "ema": ema, "trust_pickle": trust_pickle, **model_overrides(model_config)}
     result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, val_limit=val_limit,
-                                  batch_size=batch_size,
-                                  device=device, load_options={"family": family, "ema": ema,
-                                                               "trust_pickle": trust_pickle,
-                                                               **model_overrides(model_config)}))
+                                  batch_size=batch_size, device=device, load_options=load_options))
     if as_json:
         emit_json(result)
     else:
