@@ -76,6 +76,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
                                                  "available).")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+ValLimitOpt = Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images: the "
+                                                  "same ones in prune, eval, bench and finetune (a fixed subset "
+                                                  "of the folder, whatever --seed).")]
 ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="YAML/JSON mapping of model config "
                                                         "fields the weights cannot tell (mean, std, stride, "
                                                         "img_size, ...).")]
@@ -267,15 +270,16 @@ def prune(
                                                       )] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="With --ratio: uniform, early or late keep "
                                                  "rates across the prune points.")] = None,
-    auto: Annotated[bool, typer.Option("--auto", help="Choose conv_fill, delta_fill and the split by agreement "
-                                       "with the dense model on held-out calibration images.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (recipe default 0).")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Try conv_fill, delta_fill and the split against the dense "
+                                       "model on held-out calibration images; keep the default unless one is "
+                                       "better beyond its noise.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the calibration subset, the held-out "
+                                                "split and `random` scores (recipe default 0).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
                                                 "and the pruned model in the report.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images.")
-                         ] = None,
+    val_limit: ValLimitOpt = None,
     max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: exit 3 when the pruned model "
                                                        "costs more GMACs (fvcore).")] = None,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: exit 3 when top-1 drops "
@@ -346,8 +350,7 @@ def _render_prune(r: Dict[str, Any], out: Path) -> None:
     if agree is not None:
         console.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")
     if r.get("auto"):
-        c = r["auto"]["chosen"]
-        console.print(f"--auto chose conv_fill={c['conv_fill']} delta_fill={c['delta_fill']} split={c['split']}")
+        console.print(f"--auto {r['auto']['decision']}")
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -358,8 +361,9 @@ def eval_(
                                       "agreement only.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Also report agreement with (and the "
                                                      "accuracy of) this model.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use this many images (seeded random "
-                                                 "subset).")] = None,
+    val_limit: ValLimitOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, hidden=True, help="Deprecated spelling of "
+                                                 "--val-limit.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
                                                           "is more points below --baseline's.")] = None,
@@ -378,12 +382,16 @@ def eval_(
     from ssmprune_cli.report.progress import set_enabled
 
     set_enabled(not no_progress)
+    if limit is not None:
+        if val_limit is not None and val_limit != limit:
+            raise BadInputError("--limit is the old name of --val-limit: give one of them")
+        note("--limit is deprecated: use --val-limit (the same option in prune, bench and finetune)")
+        val_limit = limit
     if max_acc_drop is not None and baseline is None:
         raise BadInputError("--max-acc-drop needs --baseline")
-    result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, limit=limit, batch_size=batch_size,
-                                  device=device, load_options={"family": family, "ema": ema,
-                                                               "trust_pickle": trust_pickle,
-                                                               **model_overrides(model_config)}))
+    load_options = {"family": family, "ema": ema, "trust_pickle": trust_pickle, **model_overrides(model_config)}
+    result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, val_limit=val_limit,
+                                  batch_size=batch_size, device=device, load_options=load_options))
     if as_json:
         emit_json(result)
     else:
@@ -409,16 +417,19 @@ def finetune(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")],
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint (default: the dense "
                                                     "model inside MODEL).")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Epochs (fractions allowed).")] = 1.0,
+    epochs: Annotated[float, typer.Option("--epochs", help="Epochs, more than 0 (fractions allowed).")] = 1.0,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per process under "
+                                            "torchrun); a smaller training set trains on one batch of all "
+                                            "of it.")] = 64,
     distill_alpha: Annotated[float, typer.Option("--distill-alpha", min=0.0, max=1.0, help="Weight of the "
                                                  "soft-logit KL to the teacher (the rest: labels).")] = 0.5,
     train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="Use this many training "
                                                         "images (seeded random subset).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images: top-1 before and after.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    val_limit: ValLimitOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the --train-images subset, shuffling and "
+                                      "augmentation.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
     no_progress: NoProgressOpt = False,
@@ -471,8 +482,8 @@ def bench(
     stages: Annotated[bool, typer.Option("--stages", help="Also time each block and group the ops' time.")] = False,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): measure top-1 "
                                                 "of both models.")] = None,
-    val_limit: Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images "
-                                                     "(seeded random subset).")] = None,
+    val_limit: ValLimitOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the random inputs that are timed and counted.")] = 0,
     max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: fail (exit 3) when MODEL costs "
                                                        "more GMACs (fvcore).")] = None,
     min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: fail (exit 3) when the "
@@ -491,7 +502,7 @@ def bench(
     from ssmprune_cli.report.gates import raise_for_gates
 
     settings = BenchSettings(device=device, dtype=dtype, batch=batch, latency_batch=latency_batch, warmup=warmup,
-                             repeats=repeats, compile=compile_, stages=stages)
+                             repeats=repeats, compile=compile_, stages=stages, seed=seed)
     req = BenchRequest(model=model, baseline=baseline, settings=settings, val=val, val_limit=val_limit,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
                                      **model_overrides(model_config)})

@@ -1,12 +1,20 @@
-"""Images for calibration and evaluation: an ImageFolder tree (class sub-folders) or a flat folder.
+"""Images for calibration, evaluation and fine-tuning: an ImageFolder tree (class sub-folders) or a flat folder.
 
-Preprocessing follows the model's own input size and normalisation: images at the model's size (e.g. CIFAR 32 px
-for a 32 px model) are only converted; larger ones are resized (shorter side to size/0.875, bicubic) and
-centre-cropped, the usual ImageNet evaluation transform.
+One preprocessing path, the model's own, serves every command (prune, eval, bench, finetune): images at the
+model's input size (e.g. CIFAR 32 px for a 32 px model) are only converted; others get the ImageNet evaluation
+transform as timm and torchvision define it: the shorter side resized to floor(size / 0.875) (bicubic, the longer
+side in proportion, truncated), then a centred crop. The result is kept as uint8 (`image_array`) and normalised
+with the model's mean and std (`normalise`); fine-tuning decodes the same uint8 pixels once into memory.
+
+Subsets (docs/data.md): `validation_images(root, limit)` (`find_images` without a seed) is the validation
+subset, a function of the files alone, so every command evaluates the same images for the same `--val-limit`;
+with a seed, `find_images` draws a seeded random subset (calibration and training).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +40,16 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices) -> "ImageSet":
+        """These images, in file order."""
+        keep = sorted(indices)
+        return ImageSet([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.classes)
 
-def find_images(root, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
-    """List images under `root`; with `limit`, a seeded class-balanced-in-expectation random subset."""
+
+def find_images(root, limit: Optional[int] = None, seed: Optional[int] = None) -> ImageSet:
+    """List images under `root`. With `limit`: without `seed`, the validation subset (`validation_order`: the
+    same images whatever the command or its seed); with `seed`, a seeded random subset. Either is returned in
+    file order and is class-balanced in expectation."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
@@ -61,39 +76,70 @@ def find_images(root, limit: Optional[int] = None, seed: int = 0) -> ImageSet:
                 labels.append(-1)
     if not paths:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    if limit is not None and limit < len(paths):
+    images = ImageSet(paths, labels, classes)
+    if limit is None or limit >= len(paths):
+        return images
+    if seed is None:
+        order = validation_order(images, root)
+    else:
         order = list(range(len(paths)))
         random.Random(seed).shuffle(order)
-        keep = sorted(order[:limit])
-        paths = [paths[i] for i in keep]
-        labels = [labels[i] for i in keep]
-    return ImageSet(paths, labels, classes)
+    return images.subset(order[:limit])
+
+
+def validation_images(root, limit: Optional[int] = None) -> ImageSet:
+    """The validation subset of `root` (all images without `limit`): `find_images(root, limit)` with no seed."""
+    return find_images(root, limit=limit, seed=None)
+
+
+def validation_order(images: ImageSet, root) -> List[int]:
+    """Indices of `images` in the order the validation subset takes them: by the SHA-256 of each file's path
+    relative to `root`. A function of the files alone (no seed, no machine): `--val-limit N` means the same N
+    images in prune, eval, bench and finetune, wherever the folder lies; adding images brings in only those new
+    files whose hash sorts earlier."""
+    root = Path(root)
+    keys = [hashlib.sha256(p.relative_to(root).as_posix().encode()).digest() for p in images.paths]
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def resize_crop(img: Image.Image, size: Tuple[int, int], crop_pct: float = CROP_PCT) -> Image.Image:
+    """RGB at the model's (H, W): unchanged when it is that size already, else the evaluation transform (module
+    docstring). Offsets round((side - crop) / 2) as torchvision's CenterCrop."""
+    img = img.convert("RGB")
+    H, W = size
+    if img.size == (W, H):
+        return img
+    scale = math.floor(max(H, W) / crop_pct)
+    w, h = img.size
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    img = img.resize(new, Image.BICUBIC)
+    left, top = int(round((new[0] - W) / 2.0)), int(round((new[1] - H) / 2.0))
+    return img.crop((left, top, left + W, top + H))
+
+
+def image_array(path: Path, size: Tuple[int, int]) -> np.ndarray:
+    """The file's pixels at the model's size, (H, W, 3) uint8: what evaluation and training both start from."""
+    try:
+        with Image.open(path) as img:
+            return np.array(resize_crop(img, size), dtype=np.uint8)  # a writable copy
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def normalise(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
+    """uint8 pixels (..., 3, H, W) → the model's input: x / 255, minus mean, over std (per channel)."""
+    m = torch.tensor(mean, device=x_uint8.device, dtype=dtype)[:, None, None]
+    s = torch.tensor(std, device=x_uint8.device, dtype=dtype)[:, None, None]
+    return (x_uint8.to(dtype) / 255.0 - m) / s
 
 
 def preprocess(img: Image.Image, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    img = img.convert("RGB")
-    H, W = size
-    if img.size != (W, H):
-        scale_to = int(round(max(H, W) / CROP_PCT))
-        w, h = img.size
-        s = scale_to / min(w, h)
-        img = img.resize((max(W, round(w * s)), max(H, round(h * s))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - W) // 2, (h - H) // 2
-        img = img.crop((left, top, left + W, top + H))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s_ = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s_
+    arr = np.array(resize_crop(img, size), dtype=np.uint8)
+    return normalise(torch.from_numpy(arr).permute(2, 0, 1), mean, std)
 
 
 def load_image(path: Path, size, mean, std) -> Tensor:
-    try:
-        with Image.open(path) as img:
-            return preprocess(img, size, mean, std)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    return normalise(torch.from_numpy(image_array(path, size)).permute(2, 0, 1), mean, std)
 
 
 def iter_batches(images: ImageSet, batch_size: int, size, mean, std,

@@ -1,29 +1,24 @@
 """Small image sets held in memory as uint8 tensors (CIFAR-sized data), with on-device augmentation.
 
 Decoding 50,000 JPEGs once and keeping them as one (N, 3, H, W) uint8 tensor (150 MB for CIFAR-10) lets every
-epoch run from memory on the GPU, with random-crop and flip augmentation done there.
+epoch run from memory on the GPU, with random-crop and flip augmentation done there. The pixels are those
+evaluation uses (`images.image_array`: the model's own resize and centre crop, never a stretch), normalised by
+the same `normalise`; augmentation (docs/finetune.md) is the only difference, and only in training.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from .images import ImageSet
+from .images import ImageSet, image_array, normalise
 
-
-def _decode(path, size: Tuple[int, int]) -> np.ndarray:
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
+__all__ = ["TensorImages", "augment", "batches", "normalise"]
 
 
 @dataclass
@@ -36,7 +31,7 @@ class TensorImages:
                        progress=None) -> "TensorImages":
         out = np.empty((len(images), size[0], size[1], 3), dtype=np.uint8)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, arr in enumerate(pool.map(lambda p: _decode(p, size), images.paths)):
+            for i, arr in enumerate(pool.map(lambda p: image_array(p, size), images.paths)):
                 out[i] = arr
                 if progress is not None and i % 256 == 0:
                     progress(min(256, len(images) - i))
@@ -48,15 +43,6 @@ class TensorImages:
 
     def to(self, device) -> "TensorImages":
         return TensorImages(self.images.to(device), self.labels.to(device))
-
-    def shard(self, rank: int, world: int) -> "TensorImages":
-        return TensorImages(self.images[rank::world], self.labels[rank::world])
-
-
-def normalise(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:
-    m = torch.tensor(mean, device=x_uint8.device, dtype=dtype)[:, None, None]
-    s = torch.tensor(std, device=x_uint8.device, dtype=dtype)[:, None, None]
-    return (x_uint8.to(dtype) / 255.0 - m) / s
 
 
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:

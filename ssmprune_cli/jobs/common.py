@@ -39,3 +39,8 @@ def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dty
             preds.append(model(x).argmax(dim=-1).cpu())
             advance(x.shape[0])
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 in percent, from the count of correct predictions (exact: 2 of 30 is 6.666..., not a float32 mean)."""
+    return 100.0 * int((pred == labels).sum()) / max(1, len(labels))

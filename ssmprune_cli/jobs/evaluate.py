@@ -8,10 +8,10 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ssmprune_cli.data.images import find_images
+from ssmprune_cli.data.images import validation_images
 from ssmprune_cli.io.load import load_checkpoint
 
-from .common import pick_device, predictions
+from .common import pick_device, predictions, top1
 
 
 @dataclass
@@ -19,10 +19,9 @@ class EvalRequest:
     model: Path
     val: Path
     baseline: Optional[Path] = None
-    limit: Optional[int] = None
+    val_limit: Optional[int] = None       # the validation subset: the same images in every command
     batch_size: int = 64
     device: Optional[str] = None
-    seed: int = 0
     load_options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -30,20 +29,20 @@ class EvalRequest:
 def run_eval(req: EvalRequest) -> Dict[str, Any]:
     device = pick_device(req.device)
     model = load_checkpoint(req.model, **req.load_options).model.to(device).eval()
-    images = find_images(req.val, limit=req.limit, seed=req.seed)
+    images = validation_images(req.val, req.val_limit)
     labelled = all(lbl >= 0 for lbl in images.labels)
     dtype = next(model.parameters()).dtype
     pred = predictions(model, images, req.batch_size, device, dtype, "evaluating")
     result: Dict[str, Any] = {"model": str(req.model), "images": len(images)}
     labels = torch.tensor(images.labels)
     if labelled:
-        result["top1"] = float((pred == labels).float().mean()) * 100
+        result["top1"] = top1(pred, labels)
     if req.baseline is not None:
         base = load_checkpoint(req.baseline, **req.load_options).model.to(device).eval()
         base_pred = predictions(base, images, req.batch_size, device, dtype, "evaluating baseline")
         result["baseline"] = str(req.baseline)
-        result["agreement"] = float((pred == base_pred).float().mean()) * 100
+        result["agreement"] = top1(pred, base_pred)
         if labelled:
-            result["baseline_top1"] = float((base_pred == labels).float().mean()) * 100
+            result["baseline_top1"] = top1(base_pred, labels)
             result["acc_drop"] = result["baseline_top1"] - result["top1"]
     return result

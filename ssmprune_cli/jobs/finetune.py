@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ssmprune_cli.data.images import find_images, model_input_spec
+from ssmprune_cli.data.images import find_images, model_input_spec, validation_images
 from ssmprune_cli.errors import BadInputError, DataError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.report.console import note
 from ssmprune_cli.report.progress import progress_bar
 
 from .common import pick_device
@@ -40,14 +41,15 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
     """Brief distillation fine-tuning (DESIGN 2.4): the dense model is the teacher; the result keeps MODEL's
     pruning spec and Δ̂. A run interrupted after an epoch resumes from OUT's state file beside it."""
     from ssmprune_cli.data.tensor_data import TensorImages
-    from ssmprune_cli.train.finetune import TrainConfig, accuracy, train
+    from ssmprune_cli.train.finetune import TrainConfig, accuracy, plan_steps, train
 
     out = Path(req.out)
     if out.exists() and not req.force:
         raise BadInputError(f"output folder {out} already exists; pass --force to replace it")
     check_not_input(out, [req.model])
-    device = pick_device(req.device)
     cfg = req.config or TrainConfig()
+    cfg.check()  # before anything is loaded: --epochs 0 is a one-line refusal, not a wait
+    device = pick_device(req.device)
     loaded = load_checkpoint(req.model, **req.load_options)
     student = loaded.model.to(device)
     if req.teacher is not None:
@@ -69,16 +71,19 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
         raise DataError(f"--train {req.train} has no class folders: fine-tuning needs labelled images")
     val = None
     if req.val is not None:
-        val = TensorImages.from_image_set(find_images(req.val, limit=req.val_limit, seed=cfg.seed), size).to(device)
+        val = TensorImages.from_image_set(validation_images(req.val, req.val_limit), size).to(device)
     before = accuracy(student, val, mean, std) if val is not None else None
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    plan = plan_steps(len(data), cfg, world)
+    if plan.batch_size < cfg.batch_size and rank == 0:
+        note(f"{plan.per_rank} training images{' per process' if world > 1 else ''}, fewer than --batch-size "
+             f"{cfg.batch_size}: every step trains on one batch of all {plan.batch_size}")
     state = out.with_name(f".{out.name}.train_state.pt")
-    with progress_bar("fine-tuning", None) as advance:
+    with progress_bar("fine-tuning", plan.total) as update:
         summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
-                        on_step=lambda step, total, loss: advance(1))
-    rank = int(os.environ.get("RANK", "0"))
+                        on_step=_bar_feed(update))
     result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
-              "train_images": len(data), "summary": summary, "rank": rank,
-              "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+              "train_images": len(data), "summary": summary, "rank": rank, "world_size": world}
     if rank != 0:
         return result  # under torchrun every rank holds the same weights; rank 0 measures and writes
     if val is not None:
@@ -98,3 +103,15 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
         raise
     state.unlink(missing_ok=True)
     return result
+
+
+def _bar_feed(update):
+    """on_step for `train`: the step reached, the total, and the running loss (exponential average over about
+    the last 20 steps, bias-corrected)."""
+    avg = {"value": 0.0, "weight": 0.0}
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        avg["value"] = 0.95 * avg["value"] + 0.05 * loss
+        avg["weight"] = 0.95 * avg["weight"] + 0.05
+        update(completed=step, total=total, info=f"loss {avg['value'] / avg['weight']:.4f}")
+    return on_step

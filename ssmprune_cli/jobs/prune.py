@@ -8,12 +8,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 
-from ssmprune_cli.data.images import ImageSet, find_images
+from ssmprune_cli.data.images import ImageSet, find_images, validation_images
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
@@ -36,7 +36,7 @@ from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
 
-from .common import _batches, pick_device, predictions
+from .common import _batches, pick_device, predictions, top1
 
 
 @dataclass
@@ -115,15 +115,28 @@ def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> Li
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _calibration_sets(model, calib_dir, n: int, holdout: int, seed: int):
-    images = find_images(calib_dir, limit=n + holdout, seed=seed)
+MIN_HOLDOUT = 32  # fewer held-out images cannot tell policies apart (docs/pruning.md §4)
+
+
+def calibration_sets(calib_dir, n: int, holdout: int, seed: int) -> Tuple[ImageSet, Optional[ImageSet]]:
+    """(calibration images, held-out images or None) from one shuffle of the folder seeded by `seed`: the first
+    `n` calibrate Δ̂ (the seeded subset `find_images(calib_dir, n, seed)`); with `holdout`, the held-out images
+    that choose and report the `--auto` policy come only from the rest, never the same images."""
+    images = find_images(calib_dir)
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
-    hold_n = min(holdout, max(0, len(order) - 1)) if holdout else 0
-    hold_idx, cal_idx = sorted(order[:hold_n]), sorted(order[hold_n:])
-    sub = lambda idx: ImageSet([images.paths[i] for i in idx], [images.labels[i] for i in idx],  # noqa: E731
-                               images.classes)
-    return sub(cal_idx), sub(hold_idx)
+    cal = images.subset(order[:n])
+    if not holdout:
+        return cal, None
+    if holdout < MIN_HOLDOUT:
+        raise RecipeError(f"calib.holdout is {holdout}: --auto needs at least {MIN_HOLDOUT} held-out images to "
+                          "tell policies apart")
+    rest = order[n:]
+    if len(rest) < MIN_HOLDOUT:
+        raise DataError(f"--auto needs at least {MIN_HOLDOUT} held-out images besides the {len(cal)} calibration "
+                        f"images, but {calib_dir} has {len(images)} images; pass --calib-images "
+                        f"{max(1, len(images) - MIN_HOLDOUT)} or fewer, or a folder with more images")
+    return cal, images.subset(rest[:holdout])
 
 
 # ------------------------------------------------------------------------------------------------ prune
@@ -159,8 +172,8 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
             why = "--auto" if auto.get("enabled") else "delta_fill 'calib' (the default)"
             raise DataError(f"{why} needs calibration images: pass --calib DIR, or --delta-fill bias to prune "
                             "without data")
-        cal_set, hold_set = _calibration_sets(model, req.calib, int(calib["images"]),
-                                              int(calib["holdout"]) if auto.get("enabled") else 0, seed)
+        cal_set, hold_set = calibration_sets(req.calib, int(calib["images"]),
+                                             int(calib["holdout"]) if auto.get("enabled") else 0, seed)
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
             delta_hat = measure_delta_hat(model, _batches(model, cal_set, bs, device, dtype), advance)
@@ -176,15 +189,11 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     if spec.delta_fill != "calib":
         for m in model.mixers():
             m.delta_hat = None  # only 'calib' stores Δ̂ in the checkpoint
-    agreement = None
-    if hold_set is not None and len(hold_set):
-        dense_pred = predictions(model, hold_set, int(calib["batch_size"]), device, dtype, "dense predictions")
-        pruned_pred = predictions(pruned, hold_set, int(calib["batch_size"]), device, dtype, "pruned predictions")
-        agreement = float((dense_pred == pruned_pred).float().mean())
+    agreement = auto_result["chosen"]["agreement"] if auto_result else None  # on the held-out images
     accuracy = None
     if req.val is not None:
         accuracy = measure_accuracy(model, pruned, req.val, req.val_limit, int(calib["batch_size"]), device,
-                                    dtype, seed)
+                                    dtype)
     elif req.max_acc_drop is not None:
         raise BadInputError("--max-acc-drop needs --val (labelled images)")
     speed = None
@@ -203,15 +212,14 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     return report
 
 
-def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype, seed) -> Dict[str, Any]:
-    images = find_images(val_dir, limit=limit, seed=seed)
+def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype) -> Dict[str, Any]:
+    images = validation_images(val_dir, limit)  # the images eval, bench and finetune --val use, whatever the seed
     if any(lbl < 0 for lbl in images.labels):
         raise DataError(f"--val {val_dir} has no class folders: top-1 needs labelled images (ImageFolder)")
     labels = torch.tensor(images.labels)
     dense = predictions(model, images, batch_size, device, dtype, "dense top-1")
     ours = predictions(pruned, images, batch_size, device, dtype, "pruned top-1")
-    return {"images": len(images), "baseline_top1": float((dense == labels).float().mean()) * 100,
-            "top1": float((ours == labels).float().mean()) * 100}
+    return {"images": len(images), "baseline_top1": top1(dense, labels), "top1": top1(ours, labels)}
 
 
 def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any]]:
@@ -231,38 +239,88 @@ def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any
     return rows
 
 
-def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):
-    """--auto: pick conv_fill, delta_fill and the keep-rate split by top-1 agreement with the dense model on
-    held-out calibration images (no labels). Every candidate has the same FLOPs budget."""
-    if hold_set is None or not len(hold_set):
-        raise DataError("--auto needs held-out calibration images (calib.holdout > 0 and enough images)")
-    dense_pred = predictions(model, hold_set, batch_size, device, dtype, "dense predictions")
+def policy_candidates(model, spec: PruningSpec, prune: Dict[str, Any], auto: Dict[str, Any]
+                      ) -> List[Dict[str, Any]]:
+    """The --auto grid (conv_fill × delta_fill × split; splits only with a --ratio target), the default policy
+    (the recipe's and the flags') first, whether or not the grid lists it. `packed` only for 1-D models."""
     two_d = is_two_d(model)
-    splits = list(auto["split"]) if prune.get("ratio") is not None else [prune.get("split", "uniform")]
-    candidates = []
-    for cf in auto["conv_fill"]:
-        if cf == "packed" and two_d:
-            continue
-        for df in auto["delta_fill"]:
-            for split in splits:
-                points = make_points(model, prune, split) if prune.get("ratio") is not None else spec.points
-                cand = PruningSpec(points, spec.score, spec.align, cf, df, spec.seed)
-                pm = PrunedModel(model, cand)
-                if df == "calib" and delta_hat is not None:
-                    pm.set_delta_hat(delta_hat)
-                try:
-                    pred = predictions(pm, hold_set, batch_size, device, dtype, f"candidate {cf}/{df}/{split}")
-                finally:
-                    pm.detach()
-                candidates.append({"conv_fill": cf, "delta_fill": df, "split": split,
-                                   "keep": [p.keep for p in points],
-                                   "macs": schedule_macs(model, points),
-                                   "agreement": float((pred == dense_pred).float().mean())})
-    best = max(candidates, key=lambda c: c["agreement"])  # first of equals: the defaults come first
-    keep = {p.site: k for p, k in zip(spec.points, best["keep"])}
+    by_ratio = prune.get("ratio") is not None
+    default = {"conv_fill": spec.conv_fill, "delta_fill": spec.delta_fill, "split": prune.get("split", "uniform")}
+    grid = [{"conv_fill": cf, "delta_fill": df, "split": sp}
+            for cf in auto["conv_fill"] if not (cf == "packed" and two_d)
+            for df in auto["delta_fill"]
+            for sp in (list(auto["split"]) if by_ratio else [default["split"]])]
+    out = [default] + [c for c in grid if c != default]
+    for c in out:
+        points = make_points(model, prune, c["split"]) if by_ratio else spec.points
+        c.update(keep=[p.keep for p in points], macs=schedule_macs(model, points))
+    return out
+
+
+@torch.no_grad()
+def _logits(model, batches) -> torch.Tensor:
+    out = [model(x) for x in batches]
+    return torch.cat([o[0] if isinstance(o, (tuple, list)) else o for o in out]).float().cpu()
+
+
+def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):
+    """--auto: score every candidate (same FLOPs budget) by its output distributions' closeness to the dense
+    model's on held-out calibration images (no labels) and keep the default unless one is better beyond its
+    noise (pruning/policy.py)."""
+    from ssmprune_cli.pruning import policy
+
+    if hold_set is None or len(hold_set) < MIN_HOLDOUT:
+        raise DataError(f"--auto needs at least {MIN_HOLDOUT} held-out calibration images")
+    with progress_bar("held-out images", len(hold_set)) as advance:
+        batches = []
+        for x in _batches(model, hold_set, batch_size, device, dtype):
+            batches.append(x)  # decoded once, shared by every candidate
+            advance(x.shape[0])
+    dense = _logits(model, batches)
+    candidates = policy_candidates(model, spec, prune, auto)
+    logits = []
+    with progress_bar("policy candidates", len(candidates)) as advance:
+        for c in candidates:
+            keep = dict(zip([p.site for p in spec.points], c["keep"]))
+            cand = PruningSpec([PrunePoint(s, keep[s]) for s in keep], spec.score, spec.align, c["conv_fill"],
+                               c["delta_fill"], spec.seed)
+            pm = PrunedModel(model, cand)
+            if c["delta_fill"] == "calib" and delta_hat is not None:
+                pm.set_delta_hat(delta_hat)
+            try:
+                logits.append(_logits(pm, batches))
+            finally:
+                pm.detach()
+            advance(1)
+    decision = policy.decide(dense, logits, default=0)
+    for c, sc in zip(candidates, decision.scores):
+        c.update(kl=sc.kl, kl_se=sc.kl_se, agreement=sc.agreement, agreement_se=sc.agreement_se,
+                 kl_vs_default=sc.diff, kl_vs_default_se=sc.diff_se, better_than_default=sc.better)
+    best = candidates[decision.chosen]
+    keep = dict(zip([p.site for p in spec.points], best["keep"]))
     chosen = PruningSpec([PrunePoint(s, keep[s]) for s in keep], spec.score, spec.align, best["conv_fill"],
                          best["delta_fill"], spec.seed, extra={"split": best["split"]})
-    return chosen, {"holdout_images": len(hold_set), "candidates": candidates, "chosen": best}
+    return chosen, {"holdout_images": len(hold_set), "measure": policy.MEASURE, "alpha": policy.ALPHA,
+                    "z": decision.z, "default": candidates[0], "chosen": best,
+                    "kept_default": decision.kept_default, "decision": _decision_text(decision, candidates,
+                                                                                      len(hold_set)),
+                    "candidates": candidates}
+
+
+def _policy_name(c: Dict[str, Any]) -> str:
+    return f"conv_fill={c['conv_fill']} delta_fill={c['delta_fill']} split={c['split']}"
+
+
+def _decision_text(decision, candidates: List[Dict[str, Any]], n: int) -> str:
+    if decision.kept_default:
+        return (f"kept the default ({_policy_name(candidates[0])}) for lack of evidence: no candidate's mean KL "
+                f"to the dense model was lower by more than {decision.z:.2f} standard errors of its paired "
+                f"difference on {n} held-out images")
+    c = candidates[decision.chosen]
+    return (f"chose {_policy_name(c)}: its mean KL to the dense model is lower than the default's "
+            f"({_policy_name(candidates[0])}) by {-c['kl_vs_default']:.4g} ± {c['kl_vs_default_se']:.2g} "
+            f"(paired standard error) on {n} held-out images, more than the {decision.z:.2f} standard errors "
+            "needed")
 
 
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,

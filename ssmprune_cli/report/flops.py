@@ -158,13 +158,14 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
     for name in NOT_COUNTED:
         analysis.set_op_handle(name, _recorder(name, seen))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with _quiet("fvcore"), (contextlib.nullcontext() if compute_scan else traced_scan_shapes_only()):
             total = analysis.total()
     finally:
-        model.train(was_training)
+        for m, training in modes:  # each module as it was: model.train(flag) would set the flag everywhere
+            m.training = training
     core, points, prefix = core_and_points(model)
     by_module = analysis.by_module()
     per = lambda v: int(round(v / batch))  # noqa: E731

@@ -86,15 +86,29 @@ def render_prune_markdown(r: Dict[str, Any]) -> str:
     lines += ["", "## Tokens per block", "", "| block | stage | dense | pruned |", "|---|---|---|---|"]
     lines += [f"| {t['block']} | {t['stage']} | {t['dense']} | {t['pruned']} |" for t in r["tokens_per_block"]]
     if r.get("auto"):
-        lines += ["", "## Policy search (--auto)", "",
-                  f"Agreement with the dense model's top-1 on {r['auto']['holdout_images']} held-out images.", "",
-                  "| conv_fill | delta_fill | split | keep | GMACs | agreement |", "|---|---|---|---|---|---|"]
-        for c in r["auto"]["candidates"]:
-            mark = " **(chosen)**" if c == r["auto"]["chosen"] else ""
-            lines.append(f"| {c['conv_fill']} | {c['delta_fill']} | {c['split']} | {c['keep']} | "
-                         f"{c['macs'] / 1e9:.4f} | {c['agreement']:.1%}{mark} |")
+        lines += auto_markdown(r["auto"])
     lines += measurement_markdown(r)
     return "\n".join(lines) + "\n"
+
+
+def auto_markdown(a: Dict[str, Any]) -> List[str]:
+    """The --auto section: every candidate's score ± standard error, and why the chosen one was chosen."""
+    lines = ["", "## Policy search (--auto)", "",
+             f"Scored on {a['holdout_images']} held-out calibration images (not those that calibrated Δ̂): "
+             f"{a['measure']}, ± its standard error. A candidate replaces the default only when its paired "
+             f"difference to the default is below zero by more than z = {a['z']:.2f} standard errors (a "
+             f"{a['alpha']:.0%} chance over all candidates of replacing it when none is better).", "",
+             f"**Decision:** {a['decision']}.", "",
+             "| conv_fill | delta_fill | split | keep | GMACs | KL to dense | KL − default's | top-1 agreement |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in a["candidates"]:
+        role = [w for w, on in (("default", c == a["default"]), ("chosen", c == a["chosen"])) if on]
+        mark = f" **({', '.join(role)})**" if role else ""
+        diff = "-" if c == a["default"] else f"{c['kl_vs_default']:+.3g} ± {c['kl_vs_default_se']:.2g}"
+        lines.append(f"| {c['conv_fill']} | {c['delta_fill']} | {c['split']} | {c['keep']} | "
+                     f"{c['macs'] / 1e9:.4f} | {c['kl']:.4g} ± {c['kl_se']:.2g} | {diff} | "
+                     f"{c['agreement']:.1%} ± {c['agreement_se']:.1%}{mark} |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ measurements

@@ -1,6 +1,12 @@
 """Brief training: distillation fine-tuning of a pruned model (DESIGN 2.4), or plain supervised training (the
 demo model). AdamW with warm-up and a cosine schedule, bf16 autocast on CUDA, checkpoints that resume, DDP under
 torchrun (WORLD_SIZE > 1). Progress goes through the `ssmprune.train` logger; nothing prints.
+
+Batches (docs/finetune.md): every epoch one shuffle of all images, seeded by (seed, epoch) and the same on every
+rank; rank r takes positions r, r + world, ... of it, cut to an equal count per rank, in full batches of
+`batch_size`. A set with fewer images per rank than one batch trains on one batch of all of them. So every rank
+runs the same number of steps, no epoch is empty, and N ranks of batch B see, step by step, exactly the images
+of one process with batch N·B.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune_cli.data.tensor_data import TensorImages, augment, batches, normalise
+from ssmprune_cli.errors import BadInputError
 
 log = logging.getLogger("ssmprune.train")
 
@@ -38,6 +45,43 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     max_seconds: float = 0.0     # > 0: shorten the schedule to fit this wall-clock budget
+
+    def check(self) -> None:
+        """Refuse settings that cannot train (one line each; the CLI's option names)."""
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise BadInputError(f"--epochs must be more than 0 (got {self.epochs:g}): there is nothing to train")
+        if self.batch_size < 1:
+            raise BadInputError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be 0 or more (got {self.lr:g})")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many images each rank takes per epoch, its batch, and the steps (module docstring)."""
+
+    per_rank: int
+    batch_size: int
+    steps_per_epoch: int
+    total: int
+
+
+def plan_steps(n_images: int, cfg: TrainConfig, world: int = 1) -> Schedule:
+    """The schedule for `n_images` training images on `world` ranks (the job sizes its progress bar with it)."""
+    cfg.check()
+    per_rank = n_images // world
+    if per_rank < 1:
+        raise BadInputError(f"{n_images} training images for {world} processes: each process needs at least one")
+    batch = min(cfg.batch_size, per_rank)
+    steps_per_epoch = per_rank // batch
+    return Schedule(per_rank, batch, steps_per_epoch, max(1, int(round(cfg.epochs * steps_per_epoch))))
+
+
+def epoch_batches(n_images: int, plan: Schedule, seed: int, epoch: int, rank: int = 0, world: int = 1):
+    """Index tensors of this rank's batches in `epoch` (CPU, long)."""
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    mine = order[:plan.per_rank * world][rank::world]
+    return [mine[i * plan.batch_size:(i + 1) * plan.batch_size] for i in range(plan.steps_per_epoch)]
 
 
 def _world() -> tuple:
@@ -90,12 +134,12 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
           checkpoint: Optional[Path] = None, on_step: Optional[Callable[[int, int, float], None]] = None
           ) -> Dict[str, Any]:
     """Train `model` in place; returns a summary. With `checkpoint`, state is saved there each epoch and a run
-    resumes from it when the file exists."""
+    resumes from it when the file exists (at the step it reached, with the batches it would have had)."""
     rank, world = _world()
+    plan = plan_steps(len(train_data), cfg, world)
     device = next(model.parameters()).device
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    data = train_data.shard(rank, world) if world > 1 else train_data
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -108,8 +152,7 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
          else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    steps_per_epoch, total = plan.steps_per_epoch, plan.total
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -117,7 +160,7 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         log.info("resumed from %s at step %d", checkpoint, step)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)  # augmentation draws, per rank
     use_bf16 = cfg.bf16 and device.type == "cuda"
     if teacher is not None:
         teacher.eval()
@@ -125,9 +168,12 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
     t0 = t10 = time.perf_counter()
     history = []
     while step < total:
-        for x, y in batches(data, cfg.batch_size, gen, drop_last=True):
+        epoch, skip = divmod(step, steps_per_epoch)
+        for idx in epoch_batches(len(train_data), plan, cfg.seed, epoch, rank, world)[skip:]:
             if step >= total:
                 break
+            idx = idx.to(train_data.images.device)
+            x, y = train_data.images[idx], train_data.labels[idx]
             if cfg.augment:
                 x = augment(x, gen)
             xf = normalise(x, mean, std)
@@ -167,4 +213,6 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
                                 "config": asdict(cfg)}, tmp)
                     os.replace(tmp, checkpoint)
     model.eval()
-    return {"steps": total, "history": history, "config": asdict(cfg), "seconds": time.perf_counter() - t0}
+    return {"steps": total, "batch_size": plan.batch_size, "steps_per_epoch": steps_per_epoch,
+            "images_per_rank": plan.per_rank, "history": history, "config": asdict(cfg),
+            "seconds": time.perf_counter() - t0}

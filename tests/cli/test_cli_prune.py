@@ -4,11 +4,16 @@ gates (exit 3) and bad input (exit 2)."""
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import ssmprune_cli
 from ssmprune_cli import cli
 from ssmprune_cli.assets import demo_checkpoint
+from ssmprune_cli.data.images import find_images
+from ssmprune_cli.io.safetensors_io import save_model
+from ssmprune_cli.jobs import predictions
+from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 
 
@@ -50,13 +55,13 @@ def test_demo_is_the_trained_model():
 def test_eval_with_baseline_and_gate(demo_out, cifar_test_dir):
     _, out = demo_out
     ok = run("eval", out / "model.safetensors", "--val", cifar_test_dir, "--baseline", demo_checkpoint(),
-             "--limit", "40", "--json", "--no-progress")
+             "--val-limit", "40", "--json", "--no-progress")
     assert ok.exit_code == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["images"] == 40 and 0 <= doc["agreement"] <= 100
     assert doc["acc_drop"] == pytest.approx(doc["baseline_top1"] - doc["top1"])
     gate = run("eval", out / "model.safetensors", "--val", cifar_test_dir, "--baseline", demo_checkpoint(),
-               "--limit", "40", "--max-acc-drop", "-100", "--no-progress")
+               "--val-limit", "40", "--max-acc-drop", "-100", "--no-progress")
     assert gate.exit_code == 3
     assert "max-acc-drop" in gate.stderr and "Traceback" not in gate.stderr
 
@@ -112,3 +117,56 @@ def test_prune_bench_speed_in_report_and_gate(tmp_path):
     no_bench = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--min-speedup", "1.1", "-o",
                    tmp_path / "c", "--no-progress")
     assert no_bench.exit_code == 2 and "--bench" in no_bench.stderr
+
+
+@pytest.fixture(scope="module")
+def small_pruned(cifar_test_dir, tmp_path_factory):
+    """A CIFAR-sized vim_test (random weights) pruned with --seed 1, its report measured on 30 --val images."""
+    tmp = tmp_path_factory.mktemp("small")
+    torch.manual_seed(0)
+    ckpt = save_model(create_model("vim_test", img_size=32, num_classes=10), tmp / "dense.safetensors")
+    out = tmp / "p"
+    pr = run("prune", ckpt, "--ratio", "0.4", "--delta-fill", "bias", "--seed", "1", "--val", cifar_test_dir,
+             "--val-limit", "30", "-o", out, "--json", "--no-progress")
+    assert pr.exit_code == 0, pr.stderr
+    return ckpt, out / "model.safetensors", json.loads(pr.stdout)
+
+
+def test_every_command_evaluates_the_same_images(small_pruned, cifar_test_dir, tmp_path):
+    """--val-limit N means the same N images in prune (whatever its --seed), eval, finetune --val and bench
+    --val: the same model gets the same top-1 from each, and so does the dense model."""
+    ckpt, model, report = small_pruned
+    acc = report["accuracy"]
+    ev = run("eval", model, "--val", cifar_test_dir, "--val-limit", "30", "--baseline", ckpt, "--json",
+             "--no-progress")
+    assert ev.exit_code == 0, ev.stderr
+    ft = run("finetune", model, "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "8",
+             "--epochs", "1", "--val", cifar_test_dir, "--val-limit", "30", "--seed", "2", "-o", tmp_path / "ft",
+             "--json", "--no-progress")
+    assert ft.exit_code == 0, ft.stderr
+    bn = run("bench", model, "--val", cifar_test_dir, "--val-limit", "30", "--batch", "2", "--warmup", "0",
+             "--repeats", "1", "--json")
+    assert bn.exit_code == 0, bn.stderr
+    ev, ft, bn = json.loads(ev.stdout), json.loads(ft.stdout)["val"], json.loads(bn.stdout)["models"]
+    assert acc["images"] == ev["images"] == ft["images"] == bn["model"]["val_images"] == 30
+    assert acc["top1"] == ev["top1"] == ft["top1_before"]
+    assert acc["baseline_top1"] == ev["baseline_top1"]
+    # bench averages in float32 (6.666667014 for 2 of 30): equal to one part in a million = the same count
+    assert bn["model"]["top1"] == pytest.approx(acc["top1"], rel=1e-6)
+    assert bn["baseline"]["top1"] == pytest.approx(acc["baseline_top1"], rel=1e-6)
+    # the check has teeth: on the subsets seeds 1 and 2 would draw, this model scores differently
+    for seed in (1, 2):
+        drawn = find_images(cifar_test_dir, limit=30, seed=seed)
+        pred = predictions(ssmprune_cli.load(model), drawn, 30, torch.device("cpu"), torch.float32, "")
+        assert 100 * int((pred == torch.tensor(drawn.labels)).sum()) / 30 != acc["top1"]
+
+
+def test_eval_keeps_limit_as_a_hidden_alias(small_pruned, cifar_test_dir):
+    _, model, _ = small_pruned
+    new = run("eval", model, "--val", cifar_test_dir, "--val-limit", "20", "--json", "--no-progress")
+    old = run("eval", model, "--val", cifar_test_dir, "--limit", "20", "--json", "--no-progress")
+    assert new.exit_code == old.exit_code == 0, new.stderr + old.stderr
+    assert json.loads(new.stdout) == json.loads(old.stdout) and json.loads(new.stdout)["images"] == 20
+    assert "--limit is deprecated" in old.stderr
+    help_text = run("eval", "--help").stdout
+    assert "--val-limit" in help_text and "--limit " not in help_text

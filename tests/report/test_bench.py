@@ -1,8 +1,7 @@
 """bench: timing statistics, alternating samples, dense against pruned in one run, gates, and the CLI command."""
 
 import json
-import statistics
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ssmprune_cli.cli import app
+from ssmprune_cli.report import bench as bench_module
 from ssmprune_cli.errors import BadInputError, QualityGateError
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.models import create_model
@@ -43,38 +43,60 @@ def test_timing_quartiles_match_numpy():
     assert Timing(1, [0.5]).quartiles() == (0.5, 0.5, 0.5)
 
 
-def test_time_calls_measures_per_call():
-    assert time_calls(lambda: time.sleep(0.01), 3, CPU) == pytest.approx(0.01, abs=0.008)
+class _Clock:
+    """A fake `time.perf_counter` that moves only when a fake call says so: timings exact, never flaky."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def spend(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(bench_module, "time", SimpleNamespace(perf_counter=c))
+    return c
+
+
+def test_time_calls_measures_per_call(clock):
+    assert time_calls(lambda: clock.spend(0.01), 3, CPU) == pytest.approx(0.01, rel=1e-12)
+    lengths = iter([0.01, 0.02, 0.06])
+    assert time_calls(lambda: clock.spend(next(lengths)), 3, CPU) == pytest.approx(0.03, rel=1e-12)  # the mean
 
 
 class _Recorder(nn.Module):
-    """Records its name at each call; sleeps so that one call lasts about `seconds`."""
+    """Records its name at each call; each call lasts `seconds` on the fake clock."""
 
-    def __init__(self, name, log, seconds):
+    def __init__(self, name, log, seconds, clock):
         super().__init__()
-        self.name, self.log, self.seconds = name, log, seconds
+        self.name, self.log, self.seconds, self.clock = name, log, seconds, clock
 
     def forward(self, x):
         self.log.append(self.name)
-        time.sleep(self.seconds)
+        self.clock.spend(self.seconds)
         return x
 
 
-def test_samples_alternate_and_repeat_to_the_minimum_sample_time():
+def test_samples_alternate_and_repeat_to_the_minimum_sample_time(clock):
     log = []
-    models = {"a": _Recorder("a", log, 0.002), "b": _Recorder("b", log, 0.012)}
-    s = BenchSettings(warmup=1, repeats=4, min_sample_s=0.02)
+    # powers of two: the sample sizes and times below are exact in binary floating point
+    models = {"a": _Recorder("a", log, 1 / 32, clock), "b": _Recorder("b", log, 1 / 8, clock)}
+    s = BenchSettings(warmup=1, repeats=4, min_sample_s=1 / 4)
     timings, peak, modes = time_interleaved(models, torch.zeros(2), s, CPU)
     assert set(modes.values()) == {"eager"}
     assert peak == {"a": None, "b": None}
     ca, cb = timings["a"].calls_per_sample, timings["b"].calls_per_sample
-    assert ca > cb >= 2  # the short call is repeated more often to fill a sample
+    assert (ca, cb) == (8, 2)  # each sample repeats the call until it lasts min_sample_s
     warm = ["a", "a", "b", "b"]  # each model: one warm-up call, one call to size the samples
     n = {"a": ca, "b": cb}
     order = ["a", "b", "b", "a", "a", "b", "b", "a"]  # A B, B A, A B, B A
     assert log == warm + [k for name in order for k in [name] * n[name]]
-    assert len(timings["a"].seconds) == len(timings["b"].seconds) == 4
-    assert statistics.median(timings["b"].seconds) > statistics.median(timings["a"].seconds)
+    assert timings["a"].seconds == [1 / 32] * 4 and timings["b"].seconds == [1 / 8] * 4  # per call
 
 
 def _pair(name="vim_test"):
@@ -92,7 +114,7 @@ def test_dense_and_pruned_side_by_side():
     r = bench_models({"model": pruned, "baseline": dense}, s, CPU)
     m, b, c = r["models"]["model"], r["models"]["baseline"], r["comparison"]
     analytic = schedule_macs(dense, pruned.spec.points) / schedule_macs(dense, [])
-    assert c["flops_ratio"] == pytest.approx(analytic, rel=0.01)
+    assert c["flops_ratio"] == pytest.approx(analytic, rel=1e-12)  # equal counts; only the division rounds
     assert c["ideal_speedup"] == pytest.approx(1 / c["flops_ratio"])
     assert c["throughput_speedup"] == pytest.approx(m["throughput"]["images_per_s"] / b["throughput"]["images_per_s"])
     assert c["efficiency"] == pytest.approx(c["throughput_speedup"] / c["ideal_speedup"])
@@ -149,4 +171,4 @@ def test_cli_analyze_counts_flops(pruned_file):
     f = json.loads(res.stdout)["flops"]
     assert f["model"]["unsupported"] == {} and f["dense"]["unsupported"] == {}
     assert f["reduction"] == pytest.approx(1 - f["model"]["macs"] / f["dense"]["macs"])
-    assert f["model"]["agreement"] == pytest.approx(0.0, abs=0.01)
+    assert f["model"]["agreement"] == 0.0 and f["model"]["macs"] == f["model"]["analytic_macs"]
