@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train]
 #
-#   tests   the kernels' CUDA tests (compiled Triton, fast paths included)
+#   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the token scan and gather conv
+#   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against), run
 #           after `models` in the same session, so both are timed on the same machine
@@ -24,10 +25,14 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 cases="vim_small plainmamba_l3 groupmamba_tiny"
 for step in "$@"; do
     case "$step" in
-        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_fused_norm.py \
-                   tests/ops/test_gather_conv.py tests/ops/test_scan_triton.py 2>&1 | tail -5 | tee "$out/tests.txt" ;;
+        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_gather_conv.py \
+                   tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 | tail -5 | tee "$out/tests.txt" ;;
+        quick) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_gather_conv.py 2>&1 \
+                   | tail -3 | tee "$out/tests.txt" ;;
+        eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
+                   --json "$out/eager.json" 2>&1 | tee "$out/eager.txt" | tail -2 ;;
         models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases --json "$out/models.json" \
-                   2>&1 | tee "$out/models.txt" | grep -E "throughput ×|^\S+ +(model|baseline)|timed as" ;;
+                   2>&1 | tee "$out/models.txt" | tail -4 ;;
         base) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
                    --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;
         logits) (cd .base && python3 ../benchmarks/same_logits.py run "$out/logits_base.pt" >/dev/null) && \

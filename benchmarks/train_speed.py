@@ -30,6 +30,7 @@ from models import CASES, build_pair  # noqa: E402
 from ssmprune_cli.data.tensor_data import TensorImages  # noqa: E402
 from ssmprune_cli.models import create_model  # noqa: E402
 from ssmprune_cli.train.finetune import TrainConfig, train  # noqa: E402
+from ssmprune_cli.train.graphs import autocast, graphed_training  # noqa: E402
 
 
 def _sync(device):
@@ -37,10 +38,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def step_fn(model, opt, x, y, device):
+def step_fn(model, opt, x, y, device, graphs):
+    """One training step as `ssmprune finetune` runs it: on CUDA the forward and backward replayed from CUDA
+    graphs (ssmprune_cli/train/graphs.py) unless --no-graphs."""
+    fwd = model
+    if graphs and device.type == "cuda":
+        g = graphed_training(model, x, True)
+        fwd = g if g is not None else model
+
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(x)
+        with autocast(device.type == "cuda"):
+            out = fwd(x)
             out = out[0] if isinstance(out, (tuple, list)) else out
             loss = F.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -69,7 +77,7 @@ def case(variant, ratio, args, device):
     for name, m in models.items():
         m.to(device).train()
         opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
-        steps[name] = step_fn(m, opt, x, y, device)
+        steps[name] = step_fn(m, opt, x, y, device, not args.no_graphs)
         time_steps(steps[name], args.warmup, device)
     samples = {n: [] for n in models}
     for r in range(args.repeats):
@@ -93,7 +101,8 @@ def demo_epoch(args, device):
     g = torch.Generator().manual_seed(0)
     data = TensorImages(torch.randint(0, 256, (args.demo_images, 3, 32, 32), generator=g, dtype=torch.uint8),
                         torch.randint(0, 10, (args.demo_images,), generator=g)).to(device)
-    cfg = TrainConfig(epochs=1.0, batch_size=args.demo_batch, warmup_steps=10, distill_alpha=0.0)
+    cfg = TrainConfig(epochs=1.0, batch_size=args.demo_batch, warmup_steps=10, distill_alpha=0.0,
+                      cuda_graphs=not args.no_graphs)
     t0 = time.perf_counter()
     summary = train(model, data, cfg, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     _sync(device)
@@ -113,6 +122,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--demo-images", type=int, default=50000)
     ap.add_argument("--demo-batch", type=int, default=256)
+    ap.add_argument("--no-graphs", action="store_true", help="eager training steps")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -122,7 +132,7 @@ def main():
         r = case(variant, ratio, args, device)
         results["cases"][name] = r
         print(f"train {name:16s} dense {r['dense']['images_per_s']:8.1f} img/s  pruned {r['pruned']['images_per_s']:8.1f}"
-              f" img/s  x{r['speedup']:.3f}", flush=True)
+              f" img/s  x{r['speedup']:.3f}  {'eager' if args.no_graphs else 'cuda graphs'}", flush=True)
     if args.demo_images > 0:
         d = demo_epoch(args, device)
         results["demo_epoch"] = d

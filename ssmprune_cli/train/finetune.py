@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ssmprune_cli.data.tensor_data import TensorImages, augment, batches, normalise
 from ssmprune_cli.errors import BadInputError
+from ssmprune_cli.train.graphs import autocast, graphed_training
 
 log = logging.getLogger("ssmprune.train")
 
@@ -45,6 +46,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     max_seconds: float = 0.0     # > 0: shorten the schedule to fit this wall-clock budget
+    cuda_graphs: bool = True     # one GPU: replay forward and backward from CUDA graphs (train/graphs.py)
 
     def check(self) -> None:
         """Refuse settings that cannot train (one line each; the CLI's option names)."""
@@ -129,6 +131,23 @@ def accuracy(model: nn.Module, data: TensorImages, mean, std, batch_size: int = 
     return 100.0 * correct / max(1, len(data))
 
 
+def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf16: bool):
+    """The training forward (and the teacher's) replayed from CUDA graphs for batches shaped like `sample`; the
+    eager modules where capture fails."""
+    from ssmprune_cli.ops.graphs import GraphedForward
+
+    g = graphed_training(model, sample, bf16)
+    fwd = g if g is not None and g.ok else model
+    teach = teacher
+    if teacher is not None:
+        try:
+            graphed = GraphedForward(teacher, sample, torch.bfloat16 if bf16 else None)
+            teach = lambda x: graphed(x) if x.shape == sample.shape else teacher(x)  # noqa: E731
+        except Exception as exc:  # the teacher then runs eagerly; training is unaffected
+            log.warning("CUDA graphs unavailable for the teacher (%s); it runs eagerly", type(exc).__name__)
+    return fwd, teach
+
+
 def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, std,
           teacher: Optional[nn.Module] = None, val_data: Optional[TensorImages] = None,
           checkpoint: Optional[Path] = None, on_step: Optional[Callable[[int, int, float], None]] = None
@@ -162,6 +181,8 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
         log.info("resumed from %s at step %d", checkpoint, step)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)  # augmentation draws, per rank
     use_bf16 = cfg.bf16 and device.type == "cuda"
+    fwd, teach = net, teacher
+    graphs_pending = cfg.cuda_graphs and device.type == "cuda" and world == 1  # captured at the first batch
     if teacher is not None:
         teacher.eval()
     model.train()
@@ -179,12 +200,15 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
             xf = normalise(x, mean, std)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            if graphs_pending:
+                graphs_pending = False
+                fwd, teach = _graphed(model, teacher, xf, use_bf16)
+            with autocast(use_bf16):
                 t_logits = None
-                if teacher is not None:
+                if teach is not None:
                     with torch.no_grad():
-                        t_logits = _logits(teacher(xf))
-                out = net(xf)
+                        t_logits = _logits(teach(xf))
+                out = fwd(xf)
                 loss = loss_fn(out, y, t_logits, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
