@@ -6,9 +6,9 @@ transform as timm and torchvision define it: the shorter side resized to floor(s
 side in proportion, truncated), then a centred crop. The result is kept as uint8 (`image_array`) and normalised
 with the model's mean and std (`normalise`); fine-tuning decodes the same uint8 pixels once into memory.
 
-Subsets (docs/data.md): `validation_images(root, limit)` (= `find_images` without a seed) is the validation subset, a function of the
-files alone, so every command evaluates the same images for the same `--val-limit`; with a seed it is a seeded
-random draw (calibration and training subsets).
+Subsets (docs/data.md): `validation_images(root, limit)` (`find_images` without a seed) is the validation
+subset, a function of the files alone, so every command evaluates the same images for the same `--val-limit`;
+with a seed, `find_images` draws a seeded random subset (calibration and training).
 """
 
 from __future__ import annotations

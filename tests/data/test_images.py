@@ -45,8 +45,8 @@ def test_resize_and_centre_crop_values(shape):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     x = preprocess(img, (16, 16), mean, std)
-    want = (torch.from_numpy(_reference_resize_crop(img, 16)).permute(2, 0, 1)
-            - torch.tensor(mean, dtype=torch.float64)[:, None, None]) / torch.tensor(std, dtype=torch.float64)[:, None, None]
+    m, s = (torch.tensor(v, dtype=torch.float64)[:, None, None] for v in (mean, std))
+    want = (torch.from_numpy(_reference_resize_crop(img, 16)).permute(2, 0, 1) - m) / s
     assert x.shape == (3, 16, 16)
     torch.testing.assert_close(x.double(), want, rtol=0, atol=1e-5)
 
