@@ -1,12 +1,13 @@
-"""Train small Vim / PlainMamba / GroupMamba models on CIFAR-10, then measure where pruning hurts least.
+"""Train small Vim / PlainMamba / GroupMamba / VMamba models on CIFAR-10, then measure where pruning hurts least.
 
     python benchmarks/cifar_study.py --data ../shared/data/cifar10-jpeg.tar.gz --out runs/cifar \
-        --families vim plainmamba groupmamba --epochs 15
+        --families vim plainmamba groupmamba vmamba --epochs 15
 
 For each family: train (labels only), save `<family>_cifar10.safetensors`, then a training-free sensitivity sweep:
 one prune point at each site keeping half of the patch tokens (aligned defaults, and naive packing beside it),
-then whole schedules at 30% and 40% fewer FLOPs (GroupMamba: 10% and 20%) with the points early / middle / late
-(GroupMamba: by stage, and the built-in recipe's points). Prints tables and writes
+then whole schedules at 30% and 40% fewer FLOPs (GroupMamba: 10% and 20%; VMamba: 10%, 20% and 30%) with the
+points early / middle / late (the hierarchical GroupMamba and VMamba: by stage, and the built-in recipe's points).
+Prints tables and writes
 `study.json`. The numbers choose the built-in recipes (docs/recipes.md). Runs on CUDA (Triton scan) or CPU.
 """
 
@@ -56,11 +57,15 @@ MODELS = {
     "groupmamba": lambda: create_model("groupmamba_test", img_size=64, embed_dims=[32, 64, 128, 192],
                                        depths=[2, 2, 6, 2], mlp_ratios=[4, 4, 4, 4], stem_hidden_dim=16,
                                        num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD),
+    # 64 px (CIFAR upsampled): 16x16, 8x8, 4x4, 2x2 grids; stage FLOPs shares 16/15/43/14 %, VMamba-T's 13/13/50/12
+    "vmamba": lambda: create_model("vmamba_test", img_size=64, dims=[32, 64, 128, 256], depths=[2, 2, 6, 2],
+                                   mlp_ratio=4.0, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
-SIZES = {"vim": 32, "plainmamba": 32, "groupmamba": 64}
+SIZES = {"vim": 32, "plainmamba": 32, "groupmamba": 64, "vmamba": 64}
+HIERARCHICAL = ("groupmamba", "vmamba")  # prune sites "stage.block", refilled before each downsampling
 # FLOPs cuts of the whole-schedule comparison: the 64 px GroupMamba's later stages hold 16 and 4 tokens, so most of
 # its schedules cannot reach 30 % (the built-in recipe cuts GroupMamba-T by 13 %)
-RATIOS = {"groupmamba": (0.1, 0.2)}
+RATIOS = {"groupmamba": (0.1, 0.2), "vmamba": (0.1, 0.2, 0.3)}  # VMamba-T's recipe cuts 20.5 %
 
 
 def extract(tar_path: Path) -> Path:
@@ -92,21 +97,22 @@ def pruned_acc(model, spec, dhat, test) -> float:
 
 def candidate_sites(model, family):
     sites = model.prune_sites()
-    if family == "groupmamba":
+    if family in HIERARCHICAL:
         return [s for s in sites if s.split(".")[0] in ("1", "2", "3")]
     return sites[:-1]
 
 
 def schedules(model, family):
     sites = candidate_sites(model, family)
-    if family == "groupmamba":
+    if family in HIERARCHICAL:
         s3 = [s for s in sites if s.startswith("3.")]
         s2 = [s for s in sites if s.startswith("2.")]
         s1 = [s for s in sites if s.startswith("1.")]
-        prune = recipes.resolve("groupmamba", "groupmamba", None, {})["prune"]
+        prune = recipes.resolve(family, family, None, {})["prune"]
+        recipe = [p.site for p in make_points(model, prune)]
         return {"stage3": s3[:2], "stage1+3": s1[:1] + s3[:1], "stage1": s1[:1], "stage1+2": s1[:1] + s2[:1],
                 "stage2+3+3": s2[:1] + s3[:1] + s3[len(s3) // 2:len(s3) // 2 + 1],
-                "recipe (1,2,3,3)": [p.site for p in make_points(model, prune)]}
+                f"recipe ({','.join(recipe)})": recipe}
     n = len(sites) + 1
     pick = lambda fr: [sites[max(0, round(f * n) - 1)] for f in fr]  # noqa: E731
     return {"early (1/6,2/6,3/6)": pick([1 / 6, 2 / 6, 3 / 6]), "paper-like (1/4,2/4,3/4)": pick([0.25, 0.5, 0.75]),

@@ -2,13 +2,15 @@
 
 Unpickling can run arbitrary code, so files are read with `torch.load(weights_only=True)`: a restricted
 unpickler that builds tensors and plain containers only. The allow-list adds `argparse.Namespace`, which the
-Vim release files carry under 'args'. Any other global is refused before it is built (nothing is executed);
+Vim release files carry under 'args', and reads VMamba's yacs `CfgNode` ('config') as a plain OrderedDict.
+Any other global is refused before it is built (nothing is executed);
 `--trust-pickle` opts into a full unpickle for files the user trusts. See docs/checkpoints.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import pickle
 import re
@@ -22,9 +24,11 @@ from ssmprune_cli.errors import CheckpointError, UnsafeCheckpointError
 from ssmprune_cli.models import get_family, list_families
 from ssmprune_cli.models._registry import Family
 
-# Globals a weights-only load may build beyond torch's own list; each entry says which release needs it.
-SAFE_GLOBALS: Tuple[type, ...] = (
+# Globals a weights-only load may build beyond torch's own list; each entry says which release needs it. A
+# (class, "module.Name") pair reads the named global as that class, so its own code is neither imported nor run.
+SAFE_GLOBALS: Tuple[Any, ...] = (
     argparse.Namespace,  # hustvl/Vim: checkpoint['args']
+    (collections.OrderedDict, "yacs.config.CfgNode"),  # MzeroMiko/VMamba: checkpoint['config'], a plain mapping
 )
 
 # Wrapper keys in the order they are tried; EMA weights first when asked for.
@@ -50,7 +54,7 @@ def check_file(path: Path) -> None:
 def _refused_globals(path: Path, exc: BaseException) -> List[str]:
     """Names of the globals the weights-only unpickler refused; empty when the failure was something else."""
     names = set(_REFUSED_GLOBAL.findall(str(exc)))
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
     scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch ≥ 2.5
     try:
         # Static scan of the whole pickle (zip-format files only): lists every refused global, not just the first.

@@ -48,7 +48,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def _ensure_loaded() -> None:
     # Importing the family modules registers them.
-    from ssmprune_cli.models import groupmamba, plainmamba, vim  # noqa: F401
+    from ssmprune_cli.models import groupmamba, plainmamba, vim, vmamba  # noqa: F401
 
 
 def list_models(family: Optional[str] = None) -> List[str]:

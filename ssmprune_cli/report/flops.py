@@ -224,13 +224,14 @@ class _quiet:
 
 
 def block_module_names(core: nn.Module, prefix: str = "") -> List[str]:
-    """Module name of every block in `block_costs()` order: the score module's path cut after its first index
-    (layers.3.mixer.out_proj → layers.3; block2.0.attn.proj → block2.0)."""
+    """Module name of every block in `block_costs()` order: the score module's path cut after its last index
+    (layers.3.mixer.out_proj → layers.3; block2.0.attn.proj → block2.0; layers.2.blocks.5.op.out_proj →
+    layers.2.blocks.5)."""
     names = {id(m): n for n, m in core.named_modules()}
     out = []
     for blk in core.block_costs():
         path = names[id(core.score_module(blk["site"]))].split(".")
-        cut = next(i for i, part in enumerate(path) if part.isdigit())
+        cut = max(i for i, part in enumerate(path) if part.isdigit())
         out.append(prefix + ".".join(path[:cut + 1]))
     return out
 
