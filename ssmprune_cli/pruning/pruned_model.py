@@ -71,11 +71,8 @@ class PrunedModel(nn.Module):
             if delta.shape[1] != layout.num_kept:  # Δ computed on the whole grid (PlainMamba): the kept tokens'
                 delta = layout.gather(delta)
             rows.append(delta)
-        if not rows:
-            raise RuntimeError(f"score 'mtr' found no scan step sizes at {site}")
-        width = min(r.shape[-1] for r in rows)
-        if any(r.shape[-1] != width for r in rows):
-            raise RuntimeError(f"score 'mtr': the scans at {site} have different widths")
+        if not rows or len({r.shape[-1] for r in rows}) > 1:
+            raise RuntimeError(f"score 'mtr' needs the scan step sizes of equally wide scans at {site}")
         return torch.stack(rows, dim=2)
 
     def prune_hook(self, site: str, tensors: Tuple[Tensor, ...], layout: Optional[TokenLayout]):
