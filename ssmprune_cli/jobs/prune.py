@@ -6,7 +6,7 @@ import json
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,14 +20,19 @@ from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
+from ssmprune_cli.pruning.importance import SCORES
+from ssmprune_cli.pruning.methods import DEFAULT_METHOD, USES_SCORES, check_options
 from ssmprune_cli.pruning.plan import (
     PrunePoint,
     PruningSpec,
     is_two_d,
     keep_from_rates,
+    merge_layer_sites,
     resolve_fills,
     schedule_macs,
+    solve_merge_ratio,
     solve_ratio,
+    validate_method,
     validate_points,
 )
 from ssmprune_cli.pruning.pruned_model import PrunedModel
@@ -55,6 +60,8 @@ class PruneRequest:
     conv_fill: Optional[str] = None
     delta_fill: Optional[str] = None
     split: Optional[str] = None
+    method: Optional[str] = None          # prune (default), merge, fuse (pruning/methods.py)
+    merge_layers: Optional[str] = None    # merge: points, all, alternate, lower, upper (Famba-V's strategies)
     auto: bool = False
     seed: Optional[int] = None
     force: bool = False
@@ -71,7 +78,8 @@ class PruneRequest:
 # ------------------------------------------------------------------------------------------------ planning
 def _overrides(req: PruneRequest) -> Dict[str, Any]:
     prune = {"ratio": req.ratio, "keep": req.keep, "at": req.at, "score": req.score, "align": req.align,
-             "conv_fill": req.conv_fill, "delta_fill": req.delta_fill, "split": req.split}
+             "conv_fill": req.conv_fill, "delta_fill": req.delta_fill, "split": req.split, "method": req.method,
+             "merge": {"layers": req.merge_layers} if req.merge_layers is not None else None}
     return {"seed": req.seed, "prune": {k: v for k, v in prune.items() if v is not None},
             "calib": {k: v for k, v in {"images": req.calib_images, "batch_size": req.batch_size}.items()
                       if v is not None},
@@ -89,13 +97,44 @@ def resolve_recipe(loaded, req: PruneRequest) -> Dict[str, Any]:
         prune.pop("keep", None)
     if req.at is not None:
         prune.pop("at_fraction", None)
+    method = prune.get("method", DEFAULT_METHOD)
+    check_options(method, method_options(prune, method))
+    layers = (prune.get("merge") or {}).get("layers", "points")
+    if layers != "points" and method != "merge":
+        raise RecipeError(f"merge layers {layers!r} need --method merge (the method is {method!r})")
+    for other in ("merge", "fuse"):
+        given = {k: v for k, v in (prune.get(other) or {}).items() if not (k == "layers" and v == "points")}
+        if other != method and given:
+            raise RecipeError(f"recipe sets prune.{other} options ({', '.join(sorted(given))}) but the method is "
+                              f"{method!r}; use --method {other} or remove them")
+    if layers != "points" and req.at is not None:
+        raise RecipeError(f"give either --at or --merge-layers {layers}, not both (the strategy picks the points)")
+    if method == "merge" and req.score is not None:
+        raise RecipeError("--method merge pairs tokens by similarity and reads no --score; leave --score out")
     return recipe
 
 
+def method_options(prune: Dict[str, Any], method: str) -> Dict[str, Any]:
+    """The method's options from the recipe's `prune.<method>` mapping (merge's `layers` / `boundary` choose the
+    prune points and are not options of the prune step)."""
+    opts = dict(prune.get(method) or {})
+    if method == "merge":
+        opts.pop("layers", None)
+        opts.pop("boundary", None)
+    return opts
+
+
 def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> List[PrunePoint]:
-    sites = recipes.resolve_sites(model, prune)
+    method = prune.get("method", DEFAULT_METHOD)
+    merge = prune.get("merge") or {}
+    if method == "merge" and merge.get("layers", "points") != "points":
+        sites = merge_layer_sites(model, merge["layers"], float(merge.get("boundary", 0.5)))
+    else:
+        sites = recipes.resolve_sites(model, prune)
     if not sites:
         raise RecipeError("no prune points: give --at (or `prune.at` / `prune.at_fraction` in a recipe)")
+    if prune.get("ratio") is not None and method == "merge":
+        return solve_merge_ratio(model, sites, float(prune["ratio"]))
     if prune.get("ratio") is not None:
         return solve_ratio(model, sites, float(prune["ratio"]), split or prune.get("split", "uniform"))
     keep = prune.get("keep")
@@ -111,6 +150,7 @@ def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> Li
     else:
         raise RecipeError("keep values are either all rates in (0, 1] or all token counts (integers > 1)")
     validate_points(model, points)
+    validate_method(model, points, method)
     return points
 
 
@@ -161,8 +201,9 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     torch.manual_seed(seed)
     points = make_points(model, prune)
     conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
-    if prune["score"] not in ("clip", "l1", "l2", "noclip", "random"):
-        raise RecipeError(f"unknown score {prune['score']!r}; choose clip, l1, l2, noclip or random")
+    if prune["score"] not in SCORES:
+        raise RecipeError(f"unknown score {prune['score']!r}; choose one of {', '.join(SCORES)}")
+    method = prune.get("method", DEFAULT_METHOD)
     dtype = next(model.parameters()).dtype
     needs_data = delta_fill == "calib" or auto.get("enabled")
     cal_set = hold_set = None
@@ -177,8 +218,13 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
             delta_hat = measure_delta_hat(model, _batches(model, cal_set, bs, device, dtype), advance)
-    spec = PruningSpec(points, score=prune["score"], align=prune["align"], conv_fill=conv_fill,
-                       delta_fill=delta_fill, seed=seed)
+    extra = {}
+    layers = (prune.get("merge") or {}).get("layers", "points")
+    if method == "merge" and layers != "points":
+        extra = {"merge_layers": layers}
+    spec = PruningSpec(points, score=prune["score"] if USES_SCORES[method] else "clip", align=prune["align"],
+                       conv_fill=conv_fill, delta_fill=delta_fill, seed=seed, extra=extra, method=method,
+                       options=method_options(prune, method))
     auto_result = None
     if auto.get("enabled"):
         spec, auto_result = choose_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
@@ -282,8 +328,8 @@ def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, d
     with progress_bar("policy candidates", len(candidates)) as advance:
         for c in candidates:
             keep = dict(zip([p.site for p in spec.points], c["keep"]))
-            cand = PruningSpec([PrunePoint(s, keep[s]) for s in keep], spec.score, spec.align, c["conv_fill"],
-                               c["delta_fill"], spec.seed)
+            cand = replace(spec, points=[PrunePoint(s, keep[s]) for s in keep], conv_fill=c["conv_fill"],
+                           delta_fill=c["delta_fill"])
             pm = PrunedModel(model, cand)
             if c["delta_fill"] == "calib" and delta_hat is not None:
                 pm.set_delta_hat(delta_hat)
@@ -298,8 +344,8 @@ def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, d
                  kl_vs_default=sc.diff, kl_vs_default_se=sc.diff_se, better_than_default=sc.better)
     best = candidates[decision.chosen]
     keep = dict(zip([p.site for p in spec.points], best["keep"]))
-    chosen = PruningSpec([PrunePoint(s, keep[s]) for s in keep], spec.score, spec.align, best["conv_fill"],
-                         best["delta_fill"], spec.seed, extra={"split": best["split"]})
+    chosen = replace(spec, points=[PrunePoint(s, keep[s]) for s in keep], conv_fill=best["conv_fill"],
+                     delta_fill=best["delta_fill"], extra={**spec.extra, "split": best["split"]})
     return chosen, {"holdout_images": len(hold_set), "measure": policy.MEASURE, "alpha": policy.ALPHA,
                     "z": decision.z, "default": candidates[0], "chosen": best,
                     "kept_default": decision.kept_default, "decision": _decision_text(decision, candidates,
@@ -335,6 +381,8 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
         resolved["prune"] = dict(recipe["prune"], conv_fill=spec.conv_fill, delta_fill=spec.delta_fill,
                                  at=[p.site for p in spec.points], keep=[p.keep for p in spec.points])
         resolved["prune"].pop("at_fraction", None)
+        if isinstance(resolved["prune"].get("merge"), dict):  # the points are written out: rerunning uses them
+            resolved["prune"]["merge"] = dict(resolved["prune"]["merge"], layers="points")
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(render_prune_markdown(report))
