@@ -34,6 +34,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .profiling import op_range
+
 _KINDS = ("rms", "layer")
 _BACKENDS = (None, "auto", "triton", "reference")
 _KERNELS = "ssmprune_cli.kernels.fused_norm"
@@ -106,8 +108,9 @@ def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
     if not use_triton or _any_float64(x, residual, weight, bias, gate):
         return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate)
     _check(x, residual, weight, bias, kind, gate)
-    return _kernels().add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms", out_dtype or x.dtype,
-                                      _residual_dtype(x, residual, residual_dtype), gate)
+    with op_range("ssmprune::add_norm"):
+        return _kernels().add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms",
+                                          out_dtype or x.dtype, _residual_dtype(x, residual, residual_dtype), gate)
 
 
 def _any_float64(*tensors: Optional[Tensor]) -> bool:

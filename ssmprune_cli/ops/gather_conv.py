@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .profiling import op_range
 from .selective_scan import current_backend
 
 GATHER_CONV_OP = "prim::PythonOp.TracedGatherConv"
@@ -117,6 +118,11 @@ def gather_conv_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
 
 
 def _run(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
+    with op_range("ssmprune::gather_conv"):
+        return _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, silu)
+
+
+def _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
     float64 = any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias))
     if name == "triton" and not float64:
         from ssmprune_cli.kernels.gather_conv import gather_conv_triton  # imports triton only here

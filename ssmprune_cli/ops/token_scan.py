@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .profiling import op_range
 from .selective_scan import current_backend, selective_scan
 
 
@@ -101,13 +102,14 @@ def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, 
              and all(t is None or t.dtype != torch.float64 for t in tensors))
     args = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, bool(reverse), acc,
             float(out_scale), bool(delta_softplus), bool(a_is_log))
-    if not fused:
-        return token_scan_ref(*args, backend=name)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and fused:
         return _compiled_op()(*args)
-    from ssmprune_cli.kernels.token_scan import token_scan_triton  # imports triton only here
+    with op_range("ssmprune::token_scan"):
+        if not fused:
+            return token_scan_ref(*args, backend=name)
+        from ssmprune_cli.kernels.token_scan import token_scan_triton  # imports triton only here
 
-    return token_scan_triton(*args)
+        return token_scan_triton(*args)
 
 
 _OP = None
