@@ -1,8 +1,8 @@
-"""The inference scan in token-major layout: activations stay (b, tokens, channels) as the matmuls produce them.
+"""The scan's forward in token-major layout: activations stay (b, tokens, channels) as the matmuls produce them.
 
-`ssmprune_cli.ops.token_scan` is the definition (its docstring); this file is its Triton forward for CUDA tensors
-when no gradient is needed. Training goes through `ops.token_scan`'s general path (gathers + the channel-major
-kernels of selective_scan_kernels.py, which have a backward).
+`ssmprune_cli.ops.token_scan` is the definition (its docstring); this file is its Triton forward for CUDA tensors.
+Inference calls it alone; training calls it through `token_scan_bwd.TokenScanFn`, with SAVE set: the kernels then
+also store the state before every 4th step, which the backward (token_scan_bwd.py) recomputes from.
 
 One program owns one batch row and BE = 32·warps channels, one channel per thread with all its states in
 registers (the layout of `_fwd_kernel_tpc`), and walks the S steps of one scan order. Each step reads its rows
@@ -68,7 +68,7 @@ def _step_inputs(t, S, u_row, dl_row, ui_row, pi_row, oi_row, gap_row, me, offs_
 def _token_scan_kernel(
     # pointers; A2T = (A * log2(e)) transposed, (n, e), e contiguous; Bt/Ct (b, Lp, NP) float32 copies
     u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
-    ui_ptr, pi_ptr, oi_ptr,
+    ui_ptr, pi_ptr, oi_ptr, hs_ptr,
     # sizes; s_an = e (A2T's row stride, not specialised: it keeps the A load at one channel per thread)
     S, E, N, Lp, s_an, out_scale,
     # strides in elements (the channel stride of every activation is 1)
@@ -77,13 +77,16 @@ def _token_scan_kernel(
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
     P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
+    SAVE: tl.constexpr = False,
 ):
+    """SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), NP, E) float32) for the backward."""
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BE + tl.arange(0, BE)
     offs_n = tl.arange(0, NP)
     me = offs_e < E
     A2 = K._load_a2(A2T_ptr, offs_n, offs_e, me, N, s_an, 1, False)       # (NP, BE)
+    hs_ptr += pid_b * ((S + 3) // 4) * NP * E
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
@@ -110,6 +113,12 @@ def _token_scan_kernel(
                                             g_row, me, offs_e, s_ur, s_dr, U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP)
         b = K._row16(Bt_ptr + rp * NP, offs_n, vec)
         c = K._row16(Ct_ptr + rp * NP, offs_n, vec)
+        if SAVE:
+            # all NP states (padded ones stay zero), in a store predicated on the step rather than a branch:
+            # compiled for sm_90 (Triton 3.9) the branch took 128 registers, a state mask 108, this 96, as many
+            # as without saving
+            hs_e = hs_ptr + (t // 4) * NP * E + offs_e
+            tl.store(hs_e[None, :] + offs_n[:, None] * E, h, mask=me[None, :] & (t % 4 == 0))
         if HAS_BIAS:
             x += bias
         if SOFTPLUS:
@@ -155,7 +164,7 @@ def _linear_combine(a1, b1, a2, b2):
 def _token_scan_one_state_kernel(
     # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read)
     u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
-    ui_ptr, pi_ptr, oi_ptr,
+    ui_ptr, pi_ptr, oi_ptr, hs_ptr,
     # sizes
     S, E, Lp, out_scale,
     # strides in elements (the channel stride of every activation is 1)
@@ -164,11 +173,13 @@ def _token_scan_one_state_kernel(
     BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
     U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
-    TERMS: tl.constexpr,
+    TERMS: tl.constexpr, SAVE: tl.constexpr = False,
 ):
     """One state per channel (GroupMamba, VMamba: d_state = 1). The recurrence h <- a h + b is first order, so
     each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
-    tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time."""
+    tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time.
+
+    SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), 1, E) float32) for the backward."""
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_e = pid_e * BE + tl.arange(0, BE)
@@ -189,6 +200,9 @@ def _token_scan_one_state_kernel(
     pi_row = pi_ptr + pid_b * s_pib
     oi_row = oi_ptr + pid_b * s_oib
     last = (tl.arange(0, BT) == BT - 1)[:, None]
+    hs_ptr += pid_b * ((S + 3) // 4) * E
+    if SAVE:
+        tl.store(hs_ptr + offs_e, tl.zeros((BE,), dtype=tl.float32), mask=me)  # the state before step 0
 
     carry = tl.zeros((BE,), dtype=tl.float32)
     for t0 in range(0, S, BT):
@@ -219,6 +233,11 @@ def _token_scan_one_state_kernel(
         decay, h = tl.associative_scan((a, bx), 0, _linear_combine)
         h += decay * carry[None, :]
         carry = tl.sum(tl.where(last, h, 0.0), axis=0)
+        if SAVE:
+            # h after step t is the state before step t + 1: keep it where t + 1 starts a 4-step chunk
+            nxt = tt + 1
+            keep = (nxt % 4 == 0) & (nxt < S)
+            tl.store(hs_ptr + (nxt // 4)[:, None] * E + offs_e[None, :], h, mask=m2 & keep[:, None])
         y = h * cc[:, None]
         if HAS_D:
             y += Dv[None, :] * uu
@@ -229,6 +248,11 @@ def _token_scan_one_state_kernel(
             y *= zz * K._sigmoid(zz, FAST)
         y *= out_scale
         tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    """Every buffer a kernel must fill completely (tests swap in a NaN-filled version to catch gaps)."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _index(idx: Optional[Tensor], S: int, b: int, like: Tensor):
@@ -271,7 +295,18 @@ def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias
                       u_idx=None, p_idx=None, o_idx=None, reverse=False, acc=None, out_scale=1.0,
                       delta_softplus=True, a_is_log=False) -> Tensor:
     """`ops.token_scan` forward on the GPU (or under TRITON_INTERPRET=1). No autograd: callers use it only when no
-    gradient is needed. The result is a new (b, S, E) tensor in u's dtype; `acc` is only read."""
+    gradient is needed (training goes through `token_scan_bwd.TokenScanFn`). The result is a new (b, S, E) tensor
+    in u's dtype; `acc` is only read."""
+    return forward(u, delta, _scaled_a(A, a_is_log), B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx,
+                   o_idx, reverse, acc, out_scale, delta_softplus, save=False)[0]
+
+
+def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc,
+            out_scale, delta_softplus, save: bool):
+    """Launch one forward. A2T: (n, e) float32 A · log2(e), e contiguous. With `save`, the kernels also store the
+    state before every 4th step, and the second result is what the backward reads besides the inputs: (hs, Bt, Ct),
+    those states (b, ceil(S/4), NP or 1 for N = 1, E) and the float32 B + B_bias and C copies (b, Lp, NP);
+    otherwise it is None."""
     b = int(u.shape[0])
     E = int(u.shape[2])
     if o_idx is not None:
@@ -281,7 +316,7 @@ def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias
     else:
         S = int(u.shape[1])
     Tp = int(delta.shape[1])
-    N = int(A.shape[1])
+    N = int(A2T.shape[0])
     NP = _padded_states(N)
     Lp = _cdiv(max(Tp, 1), _TILE) * _TILE
     u, delta = _channel_rows(u), _channel_rows(delta)
@@ -293,27 +328,31 @@ def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias
     Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
     if acc is not None:
         acc = _channel_rows(acc)
-    out = torch.empty((b, S, E), dtype=u.dtype, device=u.device)
-    if S == 0 or b == 0:
-        return out
+    out = _empty((b, S, E), u.dtype, u.device)
     has_gap = gap is not None and delta_fill is not None
     if has_gap:
         gap = gap if gap.stride(-1) == 1 else gap.contiguous()
     ui, s_uib = _index(u_idx, S, b, Bt)
     pi, s_pib = _index(p_idx, S, b, Bt)
     oi, s_oib = _index(o_idx, S, b, Bt)
+    # states every 4 steps: all NP for N > 1 (the kernel stores them unmasked), the one for N = 1
+    hs = _empty((b, _cdiv(S, 4), NP if N > 1 else 1, E), torch.float32, u.device) if save else Bt
+    saved = (hs, Bt, Ct) if save else None
+    if S == 0 or b == 0:
+        return out, saved
     fast = not K.INTERPRET
-    terms = 4 if u.dtype in (torch.bfloat16, torch.float16) else 7
+    # softplus terms: 4 suffice for 16-bit inference; the training path keeps 7, as its backward recomputes Δ
+    terms = 4 if u.dtype in (torch.bfloat16, torch.float16) and not save else 7
     zz, aa = (z if z is not None else u), (acc if acc is not None else u)
-    A2T = _scaled_a(A, a_is_log)
     common = (Dv if Dv is not None else Bt, zz, bias if bias is not None else Bt, gap if has_gap else Bt,
-              fill if has_gap else Bt, aa, out, ui, pi, oi)
+              fill if has_gap else Bt, aa, out, ui, pi, oi, hs)
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
                aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
                s_uib, s_pib, s_oib)
     flags = dict(NP=NP, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
-                 P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms)
+                 P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms,
+                 SAVE=bool(save))
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
         if N == 1:
             cfg = LAUNCH["one_state"]
@@ -326,4 +365,4 @@ def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias
             _token_scan_kernel[(_cdiv(E, BE), b)](
                 u, delta, A2T, Bt, Ct, *common, S, E, N, Lp, E, float(out_scale), *strides,
                 BE=BE, **flags, num_warps=num_warps)
-    return out
+    return out, saved

@@ -193,7 +193,8 @@ def test_triton_forward_bf16_and_several_channel_blocks():
 
 
 def test_gradients_use_the_differentiable_path():
-    """With a gradient needed the dispatcher runs the reference form; gradients match float64 autograd."""
+    """With a gradient needed the dispatcher's default runs the reference form on the CPU and the fused training path
+    on CUDA (tests/ops/test_token_scan_backward.py tests that one in detail); gradients match float64 autograd."""
     kw = _case(idx="perm", acc=True, B_bias="shared")
     leaves = {k: v.clone().requires_grad_(True) for k, v in kw.items()
               if isinstance(v, torch.Tensor) and v.is_floating_point() and k not in ("gap",)}
