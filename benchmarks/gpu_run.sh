@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
 #
-#   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train]
+#   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the token scan and gather conv
 #   eager   Vim-S dense against pruned without CUDA graphs
@@ -10,6 +10,7 @@
 #           after `models` in the same session, so both are timed on the same machine
 #   scan / norm / conv   the kernel benchmarks
 #   train   fine-tuning throughput, dense against pruned
+#   trainbase  the same with the older tree in .base/, after `train` in the same session
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
@@ -25,8 +26,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 cases=${CASES:-vim_small plainmamba_l3 groupmamba_tiny}
 for step in "$@"; do
     case "$step" in
-        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_gather_conv.py \
-                   tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 | tail -5 | tee "$out/tests.txt" ;;
+        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
+                   tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 \
+                   | tail -5 | tee "$out/tests.txt" ;;
         quick) python3 -m pytest -q -x tests/ops/test_token_scan.py -k "one_state or a_log or small_state or bf16" \
                    2>&1 | tail -3 | tee "$out/tests.txt" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
@@ -46,6 +48,8 @@ for step in "$@"; do
         conv) python3 benchmarks/gather_conv.py --json "$out/conv.json" 2>&1 | tail -16 ;;
         train) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases --json "$out/train.json" \
                    2>&1 | tail -12 ;;
+        trainbase) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases \
+                   --demo-images 0 --json "$out/train_base.json" 2>&1 | tail -4) ;;
         *) echo "unknown step $step" >&2 ;;
     esac
 done
