@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._kernels import kernel_module
 from .selective_scan import current_backend, selective_scan
 
 
@@ -105,9 +106,7 @@ def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, 
         return token_scan_ref(*args, backend=name)
     if torch.compiler.is_compiling():
         return _compiled_op()(*args)
-    from ssmprune_cli.kernels.token_scan import token_scan_triton  # imports triton only here
-
-    return token_scan_triton(*args)
+    return kernel_module("token_scan").token_scan_triton(*args)
 
 
 _OP = None
@@ -123,10 +122,9 @@ def _compiled_op():
                delta_fill: Optional[Tensor], u_idx: Optional[Tensor], p_idx: Optional[Tensor],
                o_idx: Optional[Tensor], reverse: bool, acc: Optional[Tensor], out_scale: float,
                delta_softplus: bool, a_is_log: bool) -> Tensor:
-            from ssmprune_cli.kernels.token_scan import token_scan_triton
-
-            return token_scan_triton(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx,
-                                     o_idx, reverse, acc, out_scale, delta_softplus, a_is_log)
+            return kernel_module("token_scan").token_scan_triton(u, delta, A, B, C, D, z, delta_bias, B_bias, gap,
+                                                                 delta_fill, u_idx, p_idx, o_idx, reverse, acc,
+                                                                 out_scale, delta_softplus, a_is_log)
 
         @op.register_fake
         def _(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc,
