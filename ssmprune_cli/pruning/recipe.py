@@ -103,11 +103,6 @@ def builtin_recipe(variant: Optional[str], family: str) -> Dict[str, Any]:
     return {}
 
 
-def list_builtin() -> List[str]:
-    root = resources.files("ssmprune_cli") / "recipes"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
 def resolve(variant: Optional[str], family: str, user_file=None, overrides: Optional[Dict[str, Any]] = None
             ) -> Dict[str, Any]:
     """Defaults ← built-in recipe ← user recipe file ← CLI overrides."""

@@ -18,7 +18,8 @@ from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.jobs import PruneRequest, run_prune
 from ssmprune_cli.jobs import prune as prune_job
-from ssmprune_cli.jobs.prune import calibration_sets, make_points, policy_candidates
+from ssmprune_cli.jobs.prune import calibration_sets
+from ssmprune_cli.pruning.schedule import make_points, policy_candidates
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec, dense_macs, schedule_macs
