@@ -31,7 +31,8 @@ for step in "$@"; do
                    2>&1 | tail -3 | tee "$out/tests.txt" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
                    --json "$out/eager.json" 2>&1 | tee "$out/eager.txt" | tail -2 ;;
-        models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases --json "$out/models.json" \
+        models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases ${MODELS_ARGS:-} \
+                   --json "$out/models.json" \
                    2>&1 | tee "$out/models.txt" | tail -4 ;;
         base) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
                    --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;

@@ -303,7 +303,15 @@ def prune(
         "--recipe", metavar="FILE", help="YAML recipe (docs/schemas/recipe.schema.json); flags override it.")
                       ] = None,
     score: Annotated[Optional[str], typer.Option(
-        "--score", metavar="NAME", help="Token importance: clip (default), l1, l2, noclip, random.")] = None,
+        "--score", metavar="NAME", help="Token importance: clip (default), l1, l2, noclip, random, mtr (MTR's "
+        "Δ-based score).")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        "--method", metavar="NAME", help="What happens at a prune point: prune (default: keep the top tokens), "
+        "merge (R-MeeTo/Famba-V token merging in scan order) or fuse (EViT: keep the top tokens, fuse the rest "
+        "into one).")] = None,
+    merge_layers: Annotated[Optional[str], typer.Option(
+        "--merge-layers", metavar="NAME", help="With --method merge: points (the recipe's prune points, default), "
+        "or Famba-V's strategies all, alternate, lower, upper.")] = None,
     align: Annotated[Optional[str], typer.Option(
         "--align", metavar="NAME", help="aligned (default) or none (naive packing).")] = None,
     conv_fill: Annotated[Optional[str], typer.Option(
@@ -363,7 +371,8 @@ def prune(
         note(f"no checkpoint given: pruning the embedded demo model ({ckpt.name})")
     req = PruneRequest(checkpoint=ckpt, out=out, ratio=ratio, keep=_numbers(keep, "--keep"), at=_csv(at),
                        recipe=recipe, calib=calib, calib_images=calib_images, batch_size=batch_size, score=score,
-                       align=align, conv_fill=conv_fill, delta_fill=delta_fill, split=split, auto=auto,
+                       align=align, conv_fill=conv_fill, delta_fill=delta_fill, split=split, method=method,
+                       merge_layers=merge_layers, auto=auto,
                        seed=seed, force=force, device=device, val=val, val_limit=val_limit,
                        max_flops=max_flops, max_acc_drop=max_acc_drop, min_speedup=min_speedup,
                        bench=BenchSettings(device=device, dtype=bench_dtype, batch=bench_batch) if bench else None,

@@ -6,6 +6,10 @@ string under the key "ssmprune":
     {"format_version": 1, "family": "vim", "variant": "vim_tiny" | null,
      "config": {...the family's config dataclass...}, "pruning": {...pruning spec...} | null}
 
+Format versions: 1, the first; 2 adds `method` and `options` to the pruning spec (token merging or fusing instead
+of pruning). A file is written with the lowest version that describes it, so a pruned model of the default
+method is still version 1, byte for byte, and an older ssmprune refuses a version-2 file with one clear line.
+
 `config.json` holds the same document, pretty-printed, for people and tools that do not parse headers.
 Loading needs no pickle and runs no code from the file.
 """
@@ -25,7 +29,7 @@ from ssmprune_cli.errors import CheckpointError
 
 from .atomic import atomic_path, atomic_write_text, check_not_input
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads and writes
 META_KEY = "ssmprune"
 CONFIG_NAME = "config.json"
 
@@ -33,9 +37,14 @@ CONFIG_NAME = "config.json"
 def describe(family: str, config: Mapping[str, Any], variant: Optional[str] = None,
              pruning: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The description document; a JSON round trip turns tuples into lists, as reading it back will."""
-    doc = {"format_version": FORMAT_VERSION, "family": family, "variant": variant,
+    doc = {"format_version": required_version(pruning), "family": family, "variant": variant,
            "config": dict(config), "pruning": None if pruning is None else dict(pruning)}
     return json.loads(json.dumps(doc))
+
+
+def required_version(pruning: Optional[Mapping[str, Any]]) -> int:
+    """The lowest format version that describes a file with this pruning spec."""
+    return 2 if pruning is not None and "method" in pruning else 1
 
 
 def _model_config(model: nn.Module) -> Dict[str, Any]:

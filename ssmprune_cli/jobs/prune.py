@@ -21,7 +21,7 @@ from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
 from ssmprune_cli.pruning.plan import PruningSpec, resolve_fills
 from ssmprune_cli.pruning.pruned_model import PrunedModel
-from ssmprune_cli.pruning.schedule import choose_policy, make_points, policy_candidates
+from ssmprune_cli.pruning.schedule import check_prune, choose_policy, make_points, make_spec, policy_candidates
 from ssmprune_cli.report.gates import gate_row
 from ssmprune_cli.report.jsondoc import dumps
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
@@ -46,6 +46,8 @@ class PruneRequest:
     conv_fill: Optional[str] = None
     delta_fill: Optional[str] = None
     split: Optional[str] = None
+    method: Optional[str] = None          # prune (default), merge, fuse (pruning/methods.py)
+    merge_layers: Optional[str] = None    # merge: points, all, alternate, lower, upper (Famba-V's strategies)
     auto: bool = False
     seed: Optional[int] = None
     force: bool = False
@@ -62,7 +64,8 @@ class PruneRequest:
 # ------------------------------------------------------------------------------------------------ planning
 def _overrides(req: PruneRequest) -> Dict[str, Any]:
     prune = {"ratio": req.ratio, "keep": req.keep, "at": req.at, "score": req.score, "align": req.align,
-             "conv_fill": req.conv_fill, "delta_fill": req.delta_fill, "split": req.split}
+             "conv_fill": req.conv_fill, "delta_fill": req.delta_fill, "split": req.split, "method": req.method,
+             "merge": {"layers": req.merge_layers} if req.merge_layers is not None else None}
     return {"seed": req.seed, "prune": {k: v for k, v in prune.items() if v is not None},
             "calib": {k: v for k, v in {"images": req.calib_images, "batch_size": req.batch_size}.items()
                       if v is not None},
@@ -80,6 +83,7 @@ def resolve_recipe(loaded, req: PruneRequest) -> Dict[str, Any]:
         prune.pop("keep", None)
     if req.at is not None:
         prune.pop("at_fraction", None)
+    check_prune(prune, at_given=req.at is not None, score_given=req.score is not None)
     return recipe
 
 
@@ -130,8 +134,6 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     torch.manual_seed(seed)
     points = make_points(model, prune)
     conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
-    if prune["score"] not in ("clip", "l1", "l2", "noclip", "random"):
-        raise RecipeError(f"unknown score {prune['score']!r}; choose clip, l1, l2, noclip or random")
     dtype = next(model.parameters()).dtype
     needs_data = delta_fill == "calib" or auto.get("enabled")
     cal_set = hold_set = None
@@ -146,8 +148,7 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
             delta_hat = measure_delta_hat(model, model_batches(model, cal_set, bs, device, dtype), advance)
-    spec = PruningSpec(points, score=prune["score"], align=prune["align"], conv_fill=conv_fill,
-                       delta_fill=delta_fill, seed=seed)
+    spec = make_spec(points, prune, conv_fill, delta_fill, seed)
     auto_result = None
     if auto.get("enabled"):
         spec, auto_result = auto_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
@@ -237,6 +238,8 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
         resolved["prune"] = dict(recipe["prune"], conv_fill=spec.conv_fill, delta_fill=spec.delta_fill,
                                  at=[p.site for p in spec.points], keep=[p.keep for p in spec.points])
         resolved["prune"].pop("at_fraction", None)
+        if isinstance(resolved["prune"].get("merge"), dict):  # the points are written out: rerunning uses them
+            resolved["prune"]["merge"] = dict(resolved["prune"]["merge"], layers="points")
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         (tmp / "report.json").write_text(dumps(report) + "\n")
         (tmp / "report.md").write_text(render_prune_markdown(report))

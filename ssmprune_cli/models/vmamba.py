@@ -170,7 +170,7 @@ class SS2D(nn.Module):
         u = core.depthwise_conv(self.in_proj(x), self.conv2d, hw, layout, silu=True)       # (b, K, E)
         # x_proj of all four directions in one matmul: it is per token, so the scan order does not matter here
         x_dbl = F.linear(u, self.x_proj_weight.reshape(-1, E)).split(R + 2 * N, dim=-1)
-        A = -torch.exp(self.A_logs).view(self.n_directions, E, N)
+        A_log = self.A_logs.view(self.n_directions, E, N)   # the core takes log A: the kernel exponentiates once
         D = self.Ds.view(self.n_directions, E)
         y = None
         for k in range(self.n_directions):
@@ -178,7 +178,7 @@ class SS2D(nn.Module):
             dt = F.linear(dt_low, self.dt_projs_weight[k])
             plan = self._plan(k, hw, layout, x.device)
             # out[o] = acc[o] + y: the official cross-merge sums the four directions at each raster position
-            y = core.scan(self, k, u, dt, A[k], B, C, D[k], self.dt_projs_bias[k], plan, layout, acc=y)
+            y = core.scan(self, k, u, dt, A_log[k], B, C, D[k], self.dt_projs_bias[k], plan, layout, acc=y)
         return self.out_proj(_layer_norm(y, self.out_norm))
 
 

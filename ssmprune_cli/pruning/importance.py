@@ -1,6 +1,8 @@
 """Token importance at a prune point (DESIGN 2.2): a name → function table, pure tensor code.
 
-Each function maps the tensor the layer's output projection consumes, o (b, K, C), to scores (b, K).
+Each function maps the tensor it reads to scores (b, K). Most read the tensor the layer's output projection
+consumes, o (b, K, C); `mtr` reads the block's selective-scan step sizes instead (`reads_delta`): Δ (b, K, D, E),
+post-softplus, one row of E channels per scan direction D, at each kept token.
 """
 
 from __future__ import annotations
@@ -33,13 +35,28 @@ def random_score(o: Tensor, generator: Optional[torch.Generator] = None) -> Tens
     return torch.rand(o.shape[:-1], generator=generator, device=o.device, dtype=torch.float32).to(o.dtype)
 
 
+def mtr_score(delta: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """MTR's training-free, Mamba-structure-aware score, as reconstructed in docs/pruning.md (the paper's code is
+    not public): a token matters as much as the selective scan lets it into the state. Δ_t scales both the
+    token's input (Δ_t·B_t·u_t) and how much of the earlier state it forgets (exp(Δ_t·A)), so the score is Δ
+    max-pooled over the channels, averaged over the block's scan directions. delta: (b, K, D, E) → (b, K)."""
+    return delta.max(dim=-1).values.mean(dim=-1)
+
+
 SCORES: Dict[str, Callable[..., Tensor]] = {
     "clip": clip_score,
     "l1": l1_score,
     "l2": l2_score,
     "noclip": noclip_score,
     "random": random_score,
+    "mtr": mtr_score,
 }
+DELTA_SCORES = ("mtr",)  # scores that read the scan's Δ instead of the output projection's input
+
+
+def reads_delta(name: str) -> bool:
+    """True when the score reads Δ (b, K, D, E) rather than o (b, K, C)."""
+    return name in DELTA_SCORES
 
 
 def token_scores(name: str, o: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:

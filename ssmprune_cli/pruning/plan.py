@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ssmprune_cli.errors import RecipeError
 from ssmprune_cli.models.layers.token_layout import CONV_FILLS, DELTA_FILLS
 
+from .methods import DEFAULT_METHOD, check_options, merge_capacity
+
 ALIGNS = ("aligned", "none")
 SPLITS = {"uniform": 0.0, "early": 1.0, "late": -1.0}  # tilt of the per-point keep rates
 
@@ -27,7 +29,11 @@ class PrunePoint:
 
 @dataclass
 class PruningSpec:
-    """Everything needed to rebuild a pruned model (stored in the safetensors metadata)."""
+    """Everything needed to rebuild a pruned model (stored in the safetensors metadata).
+
+    `method` is what happens at each prune point (pruning/methods.py: prune, merge, fuse) and `options` its
+    options. The default method writes neither field, so its description is what it was before methods existed
+    (and files that lack them load as `prune`)."""
 
     points: List[PrunePoint]
     score: str = "clip"
@@ -36,9 +42,18 @@ class PruningSpec:
     delta_fill: str = "calib"
     seed: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
+    method: str = DEFAULT_METHOD
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.options = check_options(self.method, self.options)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.method == DEFAULT_METHOD:
+            d.pop("method")
+            d.pop("options")
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "PruningSpec":
@@ -210,3 +225,91 @@ def _monotone(model, points: Sequence[PrunePoint]) -> bool:
         if p.keep > counts[_block_index(model, p.site)]:
             return False
     return True
+
+
+# ----------------------------------------------------------------------------------------------- methods
+MERGE_LAYERS = ("points", "all", "alternate", "lower", "upper")
+
+
+def _tokens_before(model, points: Sequence[PrunePoint], site: str) -> int:
+    """Tokens entering the prune point `site` after the earlier `points`."""
+    return tokens_per_block(model, list(points) + [PrunePoint(site, 10**9)])[_block_index(model, site)]
+
+
+def validate_method(model, points: Sequence[PrunePoint], method: str) -> None:
+    """What a method cannot do with a valid schedule: one bipartite merge removes at most half of the free
+    tokens (methods.merge_capacity)."""
+    if method != "merge":
+        return
+    for i, p in enumerate(points):
+        before = _tokens_before(model, points[:i], p.site)
+        protected = len(model.site_tokens(p.site)[2])
+        cap = merge_capacity(before, protected)
+        if before - p.keep > cap:
+            raise RecipeError(f"merge at {p.site}: {before} → {p.keep} tokens merges {before - p.keep}, more than "
+                              f"one bipartite merge can ({cap}, half of the {before - protected} free tokens); "
+                              "spread the reduction over more points (e.g. --merge-layers alternate) or reduce less")
+
+
+def merge_layer_sites(model, layers: str, boundary: float = 0.5) -> List[str]:
+    """Famba-V's cross-layer strategies as prune points: merge after every block ('all'), after every second
+    block ('alternate', also R-MeeTo's merge_interval 2), or only in the lower / upper `boundary` fraction of the
+    blocks ('lower' / 'upper'). Plain models skip the last block (nothing runs after it)."""
+    if layers not in MERGE_LAYERS or layers == "points":
+        raise RecipeError(f"merge layers must be one of {', '.join(MERGE_LAYERS[1:])} here, got {layers!r}")
+    if not (0.0 < boundary < 1.0):
+        raise RecipeError(f"merge boundary must be in (0, 1), got {boundary}")
+    sites = model.prune_sites()
+    if not getattr(model, "hierarchical", False):
+        sites = sites[:-1]
+    if layers == "all":
+        return list(sites)
+    if layers == "alternate":
+        return list(sites[1::2])
+    k = min(len(sites) - 1, max(1, int(round(boundary * len(sites)))))
+    return list(sites[:k]) if layers == "lower" else list(sites[k:])
+
+
+def _merge_points(model, sites: Sequence[str], merges: Sequence[int]) -> List[PrunePoint]:
+    """Points that merge `merges[i]` tokens at `sites[i]`, each capped at what one merge can remove."""
+    points: List[PrunePoint] = []
+    for site, r in zip(sites, merges):
+        before = _tokens_before(model, points, site)
+        cap = merge_capacity(before, len(model.site_tokens(site)[2]))
+        points.append(PrunePoint(site, before - min(max(0, r), cap)))
+    return points
+
+
+def solve_merge_ratio(model, sites: Sequence[str], ratio: float) -> List[PrunePoint]:
+    """Merge counts for `--ratio` with the merging method: the same number r of tokens merged at every point (the
+    ToMe / Famba-V / R-MeeTo convention), the smallest r within the target, then one merge taken back at each
+    point (last point first) where the schedule stays within it: every point merges r or r - 1 tokens. Each point
+    merges at most half of its free tokens."""
+    if not (0.0 < ratio < 1.0):
+        raise RecipeError(f"--ratio must be in (0, 1), got {ratio}")
+    if not sites:
+        raise RecipeError("--ratio needs at least one prune point (recipe `at:` or --at)")
+    dense = dense_macs(model)
+    target = (1.0 - ratio) * dense
+    most = max(model.site_tokens(s)[0] for s in sites)
+    cost = lambda rs: schedule_macs(model, _merge_points(model, sites, rs))  # noqa: E731
+    if cost([most] * len(sites)) > target:
+        best = 1.0 - cost([most] * len(sites)) / dense
+        raise RecipeError(f"ratio {ratio:g} is unreachable by merging at {_summarise(list(sites))}: each merge "
+                          f"removes at most half of its tokens, so they can save at most {best:.1%} of the FLOPs; "
+                          "merge at more points (--merge-layers all)")
+    lo, hi = 0, most  # cost(hi) <= target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost([mid] * len(sites)) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    points = _merge_points(model, sites, [lo] * len(sites))
+    merges = [_tokens_before(model, points[:i], p.site) - p.keep for i, p in enumerate(points)]
+    for i in reversed(range(len(merges))):
+        if merges[i] > 0:
+            trial = merges[:i] + [merges[i] - 1] + merges[i + 1:]
+            if cost(trial) <= target:
+                merges = trial
+    return _merge_points(model, sites, merges)

@@ -5,8 +5,9 @@ Counted: linear / matmul / conv layers (fvcore's own handles), the gather conv (
 dense mixers: one multiply-add per output and tap) and the scan, 9·B·L·E·N + B·L·E for D + B·L·E for
 the z gate when the scan applies it, per call (one call per direction). Not counted, by the same convention as
 the published numbers and the analytic cost model: normalisation, activations, elementwise arithmetic,
-reductions and the pruning bookkeeping (scores, top-k, index maps, gathers). Those ops are listed in the result
-(`not_counted`), and any op with no decision at all ends up in `unsupported`, never silently at zero.
+reductions and the pruning bookkeeping (scores, top-k, index maps, gathers, and the merging and fusing methods'
+matching and weighted averages: every method costs the same at the same schedule). Those ops are listed in the
+result (`not_counted`), and any op with no decision at all ends up in `unsupported`, never silently at zero.
 
 While torch.jit traces, `ops.selective_scan` runs as one autograd Function (`TracedScan`), whatever the
 backend, so fvcore sees the scan once per call instead of the chunked reference's einsums.
@@ -40,11 +41,13 @@ NOT_COUNTED: Dict[str, str] = {
     **{f"aten::{op}": "elementwise" for op in (
         "add", "add_", "sub", "rsub", "mul", "mul_", "div", "div_", "neg", "pow", "sqrt", "abs", "where",
         "masked_fill", "clamp", "clamp_min", "fill_", "lt", "le", "ge", "gt", "eq", "ne", "any", "__and__")},
-    **{f"aten::{op}": "reduction" for op in ("mean", "sum", "cumsum", "cummax", "cummin", "max", "argmin")},
+    **{f"aten::{op}": "reduction" for op in ("mean", "sum", "cumsum", "cummax", "cummin", "max", "argmin", "min")},
     **{f"aten::{op}": "pruning bookkeeping (scores, top-k, index maps, gathers)" for op in (
         "topk", "sort", "argsort", "scatter", "scatter_", "gather", "index", "cdist", "meshgrid", "flip",
         "ones_like", "full", "full_like", "expand_as", "clone", "index_select", "new_empty", "pad",
-        "constant_pad_nd", "upsample_bicubic2d")},
+        "constant_pad_nd", "upsample_bicubic2d", "argmax")},
+    # token merging / fusing (pruning/methods.py): matching by cosine and size- or score-weighted averages
+    **{f"aten::{op}": "pruning bookkeeping (merging and fusing)" for op in ("scatter_add", "linalg_vector_norm")},
 }
 
 

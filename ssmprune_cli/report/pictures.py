@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from ssmprune_cli.pruning.importance import token_scores
+from ssmprune_cli.pruning.importance import reads_delta, token_scores
 
 CELL = 112          # px per image cell in importance.png
 PAD = 6
@@ -42,7 +42,9 @@ class SiteScores:
 def _score_name(model: nn.Module) -> str:
     spec = getattr(model, "spec", None)
     name = spec.score if spec is not None else "clip"
-    return "clip" if name == "random" else name  # random scores say nothing about the image: show the paper's
+    # random scores say nothing about the image, and Δ-based ones (mtr) read what this picture does not capture:
+    # show the paper's
+    return "clip" if name == "random" or reads_delta(name) else name
 
 
 @torch.no_grad()

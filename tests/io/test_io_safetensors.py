@@ -44,7 +44,7 @@ def test_metadata_is_strings_only_and_config_json_matches(tmp_path):
         meta = f.metadata()
     assert list(meta) == ["ssmprune"] and all(isinstance(v, str) for v in meta.values())
     doc = json.loads(meta["ssmprune"])
-    assert doc == {"format_version": FORMAT_VERSION, "family": "vim", "variant": "vim_test",
+    assert doc == {"format_version": 1, "family": "vim", "variant": "vim_test",  # dense files stay version 1
                    "config": json.loads(json.dumps(model.config_dict())), "pruning": None}
     assert json.loads((tmp_path / "config.json").read_text()) == doc
     assert (path.stat().st_mode & 0o777) == (0o666 & ~_umask())

@@ -12,15 +12,18 @@ from ssmprune_cli.models import create_model, get_family, list_families, list_mo
 # Official READMEs, millions (PlainMamba's count the backbone, without the 1000-class head).
 PUBLISHED_PARAMS = {"vim_tiny": "7", "vim_small": "26", "vim_base": "98", "vim_tiny_plus": "7",
                     "vim_small_plus": "26", "plainmamba_l1": "7.3", "plainmamba_l2": "25.7", "plainmamba_l3": "50.5",
-                    "groupmamba_tiny": "23", "groupmamba_small": "34", "groupmamba_base": "57"}
+                    "groupmamba_tiny": "23", "groupmamba_small": "34", "groupmamba_base": "57",
+                    # VMamba README (assets/performance.md): v2 [s1l8]/[s1l20] and [s2l5]/[s2l15]
+                    "vmamba_tiny": "30", "vmamba_small": "49", "vmamba_base": "87", "vmamba_tiny_s2l5": "31",
+                    "vmamba_small_s2l15": "50", "vmamba_base_s2l15": "89"}
 # Tokens at the first prune point at 224 px: Vim 14×14 patches + class token (stride 8: 27×27 + 1); PlainMamba
-# 14×14; GroupMamba's first stage 56×56, then 28×28, 14×14, 7×7.
-TOKENS_224 = {"vim": 197, "vim_plus": 730, "plainmamba": 196, "groupmamba": 3136}
+# 14×14; GroupMamba's and VMamba's first stage 56×56, then 28×28, 14×14, 7×7.
+TOKENS_224 = {"vim": 197, "vim_plus": 730, "plainmamba": 196, "groupmamba": 3136, "vmamba": 3136}
 SUMMARIES = {r["name"]: r for r in variant_summaries()}
 
 
 def test_every_family_has_a_test_variant_and_every_variant_a_family():
-    assert set(list_families()) == {"vim", "plainmamba", "groupmamba"}
+    assert set(list_families()) == {"vim", "plainmamba", "groupmamba", "vmamba"}
     assert {model_family(n) for n in list_models()} == set(list_families())
     assert {f"{f}_test" for f in list_families()} <= set(list_models())
     assert set(PUBLISHED_PARAMS) | {f"{f}_test" for f in list_families()} == set(list_models())
@@ -86,7 +89,7 @@ def _matches_the_published_numbers(name, family, model, config):
     assert abs(params / 1e6 - float(published)) <= half_unit + 0.01 * float(published), (name, params)
     key = "vim_plus" if name.endswith("_plus") else family
     assert site_tokens(model)[0]["tokens"] == TOKENS_224[key]
-    if family == "groupmamba":
+    if family in ("groupmamba", "vmamba"):
         tokens = [r["tokens"] for r in site_tokens(model)]
         assert sorted(set(tokens), reverse=True) == [3136, 784, 196, 49] and tokens == sorted(tokens, reverse=True)
         assert len(model.prune_sites()) == sum(d - 1 for d in config["depths"])

@@ -41,4 +41,4 @@ def test_select_keeps_protected_and_order():
 def test_unknown_score():
     with pytest.raises(ValueError, match="unknown score"):
         token_scores("max", torch.zeros(1, 2, 3))
-    assert set(SCORES) == {"clip", "l1", "l2", "noclip", "random"}
+    assert set(SCORES) == {"clip", "l1", "l2", "noclip", "random", "mtr"}

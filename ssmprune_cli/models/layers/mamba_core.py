@@ -134,11 +134,17 @@ def scan(mixer: nn.Module, d: int, u: Tensor, dt: Tensor, A_log: Tensor, B: Tens
     """Direction d of `mixer`: out[o] = out_scale · (acc[o] + y) · silu(z[o]) (ops/token_scan.py), token-major,
     with A = -exp(A_log).
 
-    Reports the post-softplus Δ (b, E, steps) in scan order to `mixer.delta_probe` when one is set (calibration)."""
+    Reports the post-softplus Δ (b, E, steps) in scan order to `mixer.delta_probe` when one is set (calibration),
+    and the token-major dt rows (b, rows, E) with `delta_bias` to `mixer.token_delta_probe` when one is set (the
+    `mtr` score: Δ = softplus(dt + delta_bias) of each row; rows are the kept tokens, or the whole grid where the
+    family computes Δ there)."""
     probe = getattr(mixer, "delta_probe", None)
     if probe is not None:
         rows = _rows(dt, plan.p_idx, _steps(u, plan), plan.reverse).transpose(1, 2)
         probe(d, F.softplus(rows + delta_bias[:, None]).detach() if delta_bias is not None else F.softplus(rows))
+    token_probe = getattr(mixer, "token_delta_probe", None)
+    if token_probe is not None:
+        token_probe(d, dt, delta_bias)
     fill = delta_fill(mixer, layout, d)
     if layout is not None and reference_active():
         return _scan_reference(u, dt, -torch.exp(A_log), B, C, D, delta_bias, plan, B_bias, fill, z, acc, out_scale)
