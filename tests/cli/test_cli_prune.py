@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import ssmprune_cli
-from ssmprune_cli import cli
+from ssmprune_cli import cli, schemas
 from ssmprune_cli.assets import demo_checkpoint
 from ssmprune_cli.data.images import find_images
 from ssmprune_cli.io.safetensors_io import save_model
@@ -37,6 +37,8 @@ def test_prune_demo_json(demo_out):
     result, out = demo_out
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)  # one JSON document, alone on stdout
+    assert json.loads((out / "report.json").read_text()) == report
+    assert schemas.first_problem(report, schemas.load_schema("report")) is None  # docs/schemas/report.schema.json
     assert report["source"]["family"] == "vim"
     assert report["flops"]["convention"] == "GMACs (fvcore)"
     assert 0.4 <= report["flops"]["reduction"] < 0.45
@@ -108,6 +110,7 @@ def test_prune_bench_speed_in_report_and_gate(tmp_path):
               "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
     assert res.exit_code == 3, res.stderr  # no model gets 1000x faster: the gate fails on purpose
     report = json.loads(res.stdout)
+    assert schemas.first_problem(report, schemas.load_schema("report")) is None  # with speed and gates
     comp = report["speed"]["comparison"]
     assert comp["ideal_speedup"] == pytest.approx(1 / (1 - report["flops"]["reduction"]))
     assert comp["throughput_speedup"] > 0 and report["speed"]["settings"]["batch"] == 4
