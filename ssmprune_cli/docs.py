@@ -9,7 +9,7 @@ docs/cli.md is prose written by hand with one generated block per command, betwe
 program's own usage and options). A block holds what `ssmprune COMMAND --help` prints: the usage line, the
 description, every argument and option with its help and default, and the examples; the prose around the blocks
 is kept as it is. Every command must have its block and every block its command, so a new command cannot go
-undocumented. tests/docs/test_docs.py fails when the committed files differ from what this module writes.
+undocumented. tests/docs/test_cli_docs.py fails when the committed files differ from what this module writes.
 """
 
 from __future__ import annotations
