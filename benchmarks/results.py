@@ -169,12 +169,12 @@ class Runner:
     def correct(self, model_path: Path) -> Tuple[torch.Tensor, str]:
         """Per-image top-1 of a model file on the test images (what `ssmprune eval --val TEST` reports)."""
         from ssmprune_cli.io.load import load_checkpoint
-        from ssmprune_cli.jobs.common import pick_device, predictions
+        from ssmprune_cli.runtime import pick_device, predictions
 
         device = pick_device(self.device)
         model = load_checkpoint(model_path).model.to(device).eval()
         images = self.test_set()
-        pred = predictions(model, images, 256, device, torch.float32, "evaluating")
+        pred = predictions(model, images, 256, device, torch.float32)
         labels = torch.tensor(images.labels)
         cmd = quote(["eval", model_path, "--val", self.data()[1]]
                     + (["--limit", self.args.test_images] if self.args.test_images else []))

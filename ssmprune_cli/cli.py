@@ -1,14 +1,14 @@
 """The `ssmprune` command line: parse, call the package, render. No model logic lives here.
 
-Output streams: `--json` prints exactly one JSON document on stdout; everything for people (tables, notes,
-errors) goes to the stderr console in ssmprune_cli.report.console. Errors cross one seam (`_Seam.invoke`):
-SsmpruneError → one red line and its exit code; anything else → one "internal error" line and exit 1
-(SSMPRUNE_DEBUG=1 re-raises for the traceback); Ctrl-C → 130. Exit codes are listed in docs/cli.md.
+Output streams (ssmprune_cli.report.console): a command's result goes to stdout, as tables for people or, with
+`--json`, as exactly one JSON document alone there; progress bars, notes, warnings and errors go to stderr.
+Errors cross one seam (`_Seam.invoke`): SsmpruneError → one red line and its exit code; anything else → one
+"internal error" line and exit 1 (SSMPRUNE_DEBUG=1 re-raises for the traceback); Ctrl-C → 130. Exit codes and
+messages: docs/errors.md. docs/cli.md is generated from this file (`python -m ssmprune_cli.docs`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from itertools import groupby
 from pathlib import Path
@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ssmprune_cli import __version__
 from ssmprune_cli.errors import SsmpruneError
-from ssmprune_cli.report.console import console, error, note
+from ssmprune_cli.report.console import error, log_to_console, note, results
 
 DEBUG_ENV = "SSMPRUNE_DEBUG"
 # Usage errors (bad options) keep click's handling and exit code 2. typer ≥ 0.28 vendors click and older
@@ -53,35 +53,48 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def examples(*lines: str) -> str:
+    """A --help epilog: example command lines, kept as typed (click rewraps paragraphs not marked with \\b)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     cls=_Seam,
     name="ssmprune",
-    help="Token pruning with hidden-state alignment for vision state-space models (Vim, PlainMamba, GroupMamba).",
+    help="Token pruning with hidden-state alignment for vision state-space models (Vim, PlainMamba, GroupMamba, "
+         "VMamba).",
+    epilog="Results go to stdout (tables, or one JSON document with --json); progress, notes and errors to "
+           "stderr. Exit codes: 0 ok, 1 internal error, 2 bad input, 3 quality gate failed, 4 refused an unsafe "
+           "pickle, 130 interrupted (docs/errors.md).",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help, as click prints it: no colour panels, no type labels on flags
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     pretty_exceptions_show_locals=False,
 )
 
 
 # ---------------------------------------------------------------------------------------------- shared options
 # Later commands (prune, eval, bench, finetune) reuse these so every command spells an option the same way.
-FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Force the architecture family instead of "
-                                                  "detecting it from the weights (vim, plainmamba, groupmamba).")]
-ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=1, help="Input resolution to build the model "
-                                                   "for, when it differs from the checkpoint's.")]
+FamilyOpt = Annotated[Optional[str], typer.Option("--family", metavar="NAME", help="Force the architecture "
+                                                  "family instead of detecting it from the weights (vim, "
+                                                  "plainmamba, groupmamba, vmamba).")]
+ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=1, metavar="PX", help="Input resolution to "
+                                                   "build the model for, when it differs from the checkpoint's.")]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Use the EMA weights where the checkpoint has them.")]
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow a full unpickle of the checkpoint. "
                                               "This runs code from the file: only for files you trust.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (tables go to stderr).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA when "
-                                                 "available).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout, instead "
+                                      "of tables.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEV", help="cpu, cuda or cuda:N (default: "
+                                                 "CUDA when available).")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
-ValLimitOpt = Annotated[Optional[int], typer.Option("--val-limit", min=1, help="Use this many --val images: the "
-                                                  "same ones in prune, eval, bench and finetune (a fixed subset "
-                                                  "of the folder, whatever --seed).")]
-ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="YAML/JSON mapping of model config "
-                                                        "fields the weights cannot tell (mean, std, stride, "
-                                                        "img_size, ...).")]
+ValLimitOpt = Annotated[Optional[int], typer.Option(
+    "--val-limit", min=1, metavar="N", help="Use this many --val images: the same ones in prune, eval, bench and "
+    "finetune (a fixed subset of the folder, whatever --seed).")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--model-config", metavar="FILE", help="YAML/JSON mapping of model config fields the weights cannot tell "
+    "(mean, std, stride, img_size, ...).")]
 
 
 def model_overrides(model_config: Optional[Path], **fields: Any) -> Dict[str, Any]:
@@ -95,7 +108,9 @@ def model_overrides(model_config: Optional[Path], **fields: Any) -> Dict[str, An
 
 def emit_json(doc: Any) -> None:
     """The machine-readable result: one JSON document, alone on stdout."""
-    typer.echo(json.dumps(doc, indent=2))
+    from ssmprune_cli.report.jsondoc import dumps
+
+    typer.echo(dumps(doc))
 
 
 def _show_version(value: bool) -> None:
@@ -109,13 +124,16 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Token pruning with hidden-state alignment for vision state-space models (Vim, PlainMamba, GroupMamba)."""
+    """Token pruning with hidden-state alignment for vision state-space models (Vim, PlainMamba, GroupMamba,
+    VMamba)."""
+    log_to_console()
 
 
 # ---------------------------------------------------------------------------------------------- models
-@app.command()
+@app.command(epilog=examples("ssmprune models", "ssmprune models | grep vim_small",
+                             "ssmprune models --family groupmamba --json"))
 def models(
-    family: Annotated[Optional[str], typer.Option("--family", help="Only this family.")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", metavar="NAME", help="Only this family.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the registered model variants: family, name, parameters, image size, tokens."""
@@ -134,22 +152,26 @@ def models(
         table.add_column(col, justify=justify)
     for r in rows:
         table.add_row(r["family"], r["name"], _millions(r["params"]), _image(r["input_size"]), _tokens(r["layers"]))
-    console.print(table)
+    results.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- analyze
-@app.command()
+@app.command(epilog=examples("ssmprune analyze vim_t_midclstok_76p1acc.pth",
+                             "ssmprune analyze out/model.safetensors --calib data/val --json > info.json",
+                             "ssmprune analyze release.pth --family plainmamba --no-flops"))
 def analyze(
-    ckpt: Annotated[Path, typer.Argument(help="Checkpoint: official .pth/.pt/.bin or ssmprune .safetensors.")],
+    ckpt: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint: official .pth/.pt/.bin or ssmprune "
+                                         ".safetensors.")],
     family: FamilyOpt = None,
     img_size: ImgSizeOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count FLOPs with fvcore (GMACs), per block "
                                         "beside the analytic cost model.")] = True,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Folder of images: add per-layer "
+    calib: Annotated[Optional[Path], typer.Option("--calib", metavar="DIR", help="Folder of images: add per-layer "
                                                   "token-importance statistics.")] = None,
-    calib_images: Annotated[int, typer.Option("--calib-images", min=1, help="Images to use from --calib.")] = 64,
+    calib_images: Annotated[int, typer.Option("--calib-images", min=1, metavar="N", help="Images to use from "
+                                              "--calib.")] = 64,
     device: DeviceOpt = None,
     model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
@@ -157,8 +179,8 @@ def analyze(
     """Describe a checkpoint: architecture, variant, parameters, image size, tokens per layer, FLOPs and, with
     --calib, how token importance is spread at each layer."""
     from ssmprune_cli.io.load import load_checkpoint
-    from ssmprune_cli.jobs import pick_device
     from ssmprune_cli.report.flops import analyze_flops, render_flops
+    from ssmprune_cli.runtime import pick_device
     from ssmprune_cli.report.pictures import calib_importance, render_importance_stats
 
     loaded = load_checkpoint(ckpt, family=family, ema=ema, trust_pickle=trust_pickle,
@@ -189,25 +211,39 @@ def _render_summary(s: Dict[str, Any]) -> None:
     head.add_row("weights", s["weights"])
     head.add_row("parameters", f"{s['params']:,} ({_millions(s['params'])})")
     head.add_row("input", "×".join(map(str, s["input_size"])))
-    console.print(head)
-    pruned = s["pruning"] is not None
-    layers = Table(title="tokens per layer")
-    for col in ("after block", "tokens", "grid", "protected") + (("kept",) if pruned else ()):
-        layers.add_column(col, justify="right")
-    for key, group in groupby(s["layers"], key=lambda r: (r["tokens"], r["grid"], r["protected"], r.get("kept"))):
+    head.add_row("normalisation", f"mean {_floats(s['config'].get('mean'))}, std {_floats(s['config'].get('std'))}")
+    if s.get("pruning"):
+        p = s["pruning"]
+        head.add_row("pruning", f"score {p.get('score')}, align {p.get('align')}, conv_fill {p.get('conv_fill')}, "
+                                f"delta_fill {p.get('delta_fill')}")
+    if s.get("nonfinite"):
+        head.add_row("non-finite weights", ", ".join(f"{k} ({v})" for k, v in s["nonfinite"].items()))
+    results.print(head)
+    results.print(layers_table(s["layers"], pruned=s["pruning"] is not None))
+
+
+def layers_table(layers: List[Dict[str, Any]], pruned: bool) -> Table:
+    """Tokens after every block, equal consecutive rows merged. `protected` counts the tokens never pruned
+    (class tokens); a pruned model's `kept` (the tokens going on) stands right beside the dense count."""
+    table = Table(title="tokens per layer")
+    for col in ("after block", "grid", "protected") + (("tokens (dense)", "kept") if pruned else ("tokens",)):
+        table.add_column(col, justify="right")
+    for key, group in groupby(layers, key=lambda r: (r["tokens"], r["grid"], len(r["protected"]), r.get("kept"))):
         sites = [r["site"] for r in group]
         span = sites[0] if len(sites) == 1 else f"{sites[0]}–{sites[-1]}"
         grid = "" if key[1] is None else "×".join(map(str, key[1]))
-        row = [span, str(key[0]), grid, ", ".join(map(str, key[2])) or "-"]
-        layers.add_row(*(row + ([str(key[3])] if pruned else [])))
-    console.print(layers)
-    if pruned:
-        note(f"pruned: {json.dumps(s['pruning'])}")
+        row = [span, grid, str(key[2]), str(key[0])]
+        table.add_row(*(row + ([str(key[3])] if pruned else [])))
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- formatting
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
+
+
+def _floats(values: Optional[List[float]]) -> str:
+    return "-" if values is None else "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _image(input_size: List[int]) -> str:
@@ -219,11 +255,6 @@ def _tokens(layers: List[Dict[str, Any]]) -> str:
     """Token counts along the network, each distinct run once (a hierarchical model: 3136→784→196→49)."""
     counts = [k for k, _ in groupby(r["tokens"] for r in layers)]
     return "→".join(map(str, counts))
-
-
-# ---------------------------------------------------------------------------------------------- later commands
-# prune, finetune, eval and bench are added here by their owners, each as a thin @app.command() that parses
-# its options (reusing the *Opt aliases above), calls one package function and renders the result.
 
 
 # ---------------------------------------------------------------------------------------------- prune
@@ -241,64 +272,83 @@ def _numbers(value: Optional[str], what: str) -> Optional[List[float]]:
         raise typer.BadParameter(f"{what} takes comma-separated numbers, got {value!r}") from None
 
 
-@app.command()
+@app.command(epilog=examples(
+    "ssmprune prune --ratio 0.4 --calib data/cifar10/test -o out/demo        # the embedded demo model",
+    "ssmprune prune vim_s_midclstok_80p5acc.pth --ratio 0.3 --calib imagenet/val -o out/vim_s",
+    "ssmprune prune CKPT --keep 0.7,0.7 --at 6,12 --delta-fill bias -o OUT   # no data needed",
+    "ssmprune prune CKPT --ratio 0.4 --calib DIR --val DIR --max-acc-drop 1 --json -o OUT > report.json"))
 def prune(
-    ckpt: Annotated[Optional[Path], typer.Argument(help="Dense checkpoint (official .pth or ssmprune "
-                                                   ".safetensors). Default: the embedded demo model.")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")
-                   ] = Path("ssmprune-out"),
-    ratio: Annotated[Optional[float], typer.Option("--ratio", help="Target FLOPs reduction in (0, 1): 0.4 = the "
-                                                   "pruned model costs at most 60% of the dense one.")] = None,
-    keep: Annotated[Optional[str], typer.Option("--keep", help="Explicit schedule: keep rates in (0, 1] or token "
-                                                "counts, comma-separated, one per prune point.")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Prune points, comma-separated: blocks completed "
-                                              "('5,10,15'), or 'stage.block' for hierarchical models.")] = None,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="Calibration images (ImageFolder or a flat "
-                                                  "folder); no labels needed.")] = None,
-    calib_images: Annotated[Optional[int], typer.Option("--calib-images", min=1, help="How many calibration "
-                                                        "images (recipe default 256).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Calibration batch size.")
-                          ] = None,
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe; flags override it.")] = None,
-    score: Annotated[Optional[str], typer.Option("--score", help="Token importance: clip (default), l1, l2, "
-                                                 "noclip, random, mtr (MTR's Δ-based score).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="What happens at a prune point: prune "
-                                                  "(default: keep the top tokens), merge (R-MeeTo/Famba-V token "
-                                                  "merging in scan order) or fuse (EViT: keep the top tokens, fuse "
-                                                  "the rest into one).")] = None,
-    merge_layers: Annotated[Optional[str], typer.Option("--merge-layers", help="With --method merge: points (the "
-                                                        "recipe's prune points, default), or Famba-V's strategies "
-                                                        "all, alternate, lower, upper.")] = None,
-    align: Annotated[Optional[str], typer.Option("--align", help="aligned (default) or none (naive packing).")
+    ckpt: Annotated[Optional[Path], typer.Argument(
+        metavar="[CKPT]", help="Dense checkpoint (official .pth or ssmprune .safetensors). Default: the embedded "
+        "demo model.")] = None,
+    out: Annotated[Path, typer.Option(
+        "-o", "--out", metavar="DIR", help="Output folder (must not exist unless --force).")] = Path("ssmprune-out"),
+    ratio: Annotated[Optional[float], typer.Option(
+        "--ratio", metavar="R", help="Target FLOPs reduction in (0, 1): 0.4 = the pruned model costs at most 60% "
+        "of the dense one.")] = None,
+    keep: Annotated[Optional[str], typer.Option(
+        "--keep", metavar="LIST", help="Explicit schedule: keep rates in (0, 1] or token counts, comma-separated, "
+        "one per prune point.")] = None,
+    at: Annotated[Optional[str], typer.Option(
+        "--at", metavar="LIST", help="Prune points, comma-separated: blocks completed ('5,10,15'), or "
+        "'stage.block' for hierarchical models.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(
+        "--calib", metavar="DIR", help="Calibration images (ImageFolder or a flat folder); no labels needed.")
                      ] = None,
-    conv_fill: Annotated[Optional[str], typer.Option("--conv-fill", help="hold, packed (1-D only) or zero.")
-                         ] = None,
-    delta_fill: Annotated[Optional[str], typer.Option("--delta-fill", help="calib (needs --calib), bias or zero."
-                                                      )] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="With --ratio: uniform, early or late keep "
-                                                 "rates across the prune points.")] = None,
-    auto: Annotated[bool, typer.Option("--auto", help="Try conv_fill, delta_fill and the split against the dense "
-                                       "model on held-out calibration images; keep the default unless one is "
-                                       "better beyond its noise.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds the calibration subset, the held-out "
-                                                "split and `random` scores (recipe default 0).")] = None,
+    calib_images: Annotated[Optional[int], typer.Option(
+        "--calib-images", min=1, metavar="N", help="How many calibration images (recipe default 256).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, metavar="N", help="Calibration batch size.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(
+        "--recipe", metavar="FILE", help="YAML recipe (docs/schemas/recipe.schema.json); flags override it.")
+                      ] = None,
+    score: Annotated[Optional[str], typer.Option(
+        "--score", metavar="NAME", help="Token importance: clip (default), l1, l2, noclip, random, mtr (MTR's "
+        "Δ-based score).")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        "--method", metavar="NAME", help="What happens at a prune point: prune (default: keep the top tokens), "
+        "merge (R-MeeTo/Famba-V token merging in scan order) or fuse (EViT: keep the top tokens, fuse the rest "
+        "into one).")] = None,
+    merge_layers: Annotated[Optional[str], typer.Option(
+        "--merge-layers", metavar="NAME", help="With --method merge: points (the recipe's prune points, default), "
+        "or Famba-V's strategies all, alternate, lower, upper.")] = None,
+    align: Annotated[Optional[str], typer.Option(
+        "--align", metavar="NAME", help="aligned (default) or none (naive packing).")] = None,
+    conv_fill: Annotated[Optional[str], typer.Option(
+        "--conv-fill", metavar="NAME", help="hold, packed (1-D only) or zero.")] = None,
+    delta_fill: Annotated[Optional[str], typer.Option(
+        "--delta-fill", metavar="NAME", help="calib (needs --calib), bias or zero.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        "--split", metavar="NAME", help="With --ratio: uniform, early or late keep rates across the prune points.")
+                     ] = None,
+    auto: Annotated[bool, typer.Option(
+        "--auto", help="Try conv_fill, delta_fill and the split against the dense model on held-out calibration "
+        "images; keep the default unless one is better beyond its noise.")] = False,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", metavar="N", help="Seeds the calibration subset, the held-out split and `random` scores (recipe "
+        "default 0).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): top-1 of the dense "
-                                                "and the pruned model in the report.")] = None,
+    val: Annotated[Optional[Path], typer.Option(
+        "--val", metavar="DIR", help="Labelled images (ImageFolder): top-1 of the dense and the pruned model in "
+        "the report.")] = None,
     val_limit: ValLimitOpt = None,
-    max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: exit 3 when the pruned model "
-                                                       "costs more GMACs (fvcore).")] = None,
-    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: exit 3 when top-1 drops "
-                                                          "by more points (needs --val).")] = None,
-    bench: Annotated[bool, typer.Option("--bench", help="Measure latency and throughput of the dense and the "
-                                        "pruned model side by side into the report.")] = False,
-    bench_batch: Annotated[int, typer.Option("--bench-batch", min=1, help="Throughput batch size for --bench.")
-                           ] = 128,
-    bench_dtype: Annotated[str, typer.Option("--bench-dtype", help="fp32, or bf16 (autocast) for --bench.")
-                           ] = "fp32",
-    min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: exit 3 when the measured "
-                                                         "throughput speed-up is lower (needs --bench).")] = None,
+    max_flops: Annotated[Optional[float], typer.Option(
+        "--max-flops", metavar="GMACS", help="Gate: exit 3 when the pruned model costs more GMACs (fvcore).")
+                         ] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option(
+        "--max-acc-drop", metavar="POINTS", help="Gate: exit 3 when top-1 drops by more points (needs --val).")
+                            ] = None,
+    bench: Annotated[bool, typer.Option(
+        "--bench", help="Measure latency and throughput of the dense and the pruned model side by side into the "
+        "report.")] = False,
+    bench_batch: Annotated[int, typer.Option(
+        "--bench-batch", min=1, metavar="N", help="Throughput batch size for --bench.")] = 128,
+    bench_dtype: Annotated[str, typer.Option(
+        "--bench-dtype", metavar="DTYPE", help="fp32, or bf16 (autocast) for --bench.")] = "fp32",
+    min_speedup: Annotated[Optional[float], typer.Option(
+        "--min-speedup", metavar="X", help="Gate: exit 3 when the measured throughput speed-up is lower (needs "
+        "--bench).")] = None,
     no_progress: NoProgressOpt = False,
     family: FamilyOpt = None,
     img_size: ImgSizeOpt = None,
@@ -308,7 +358,7 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Score tokens, plan the schedule, calibrate Δ̂ and write a pruned model (model.safetensors,
-    config.json, recipe.yaml, report.json, report.md) to OUT."""
+    config.json, recipe.yaml, report.json, report.md, pictures) to OUT."""
     from ssmprune_cli.assets import demo_checkpoint
     from ssmprune_cli.jobs import PruneRequest, run_prune
     from ssmprune_cli.report.bench import BenchSettings
@@ -343,38 +393,50 @@ def _render_prune(r: Dict[str, Any], out: Path) -> None:
         table.add_column(col, justify="right")
     for s in r["schedule"]:
         table.add_row(s["site"], str(s["before"]), str(s["keep"]))
-    console.print(table)
-    line = (f"{f['convention'].split(':')[0]}: {f['dense_gmacs']:.4f} → {f['pruned_gmacs']:.4f} "
-            f"([bold]{f['reduction']:.1%}[/] fewer)")
-    console.print(line)
+    results.print(table)
+    results.print(f"{f['convention'].split(':')[0]}: dense {f['dense_gmacs']:.4f} → pruned {f['pruned_gmacs']:.4f} "
+                  f"([bold]{f['reduction']:.1%}[/] fewer)")
     sp = (r.get("speed") or {}).get("comparison")
     if sp:
-        console.print(f"throughput speed-up {sp['throughput_speedup']:.2f}× (FLOPs-ideal {sp['ideal_speedup']:.2f}×), "
-                      f"batch-1 latency speed-up {sp['latency_speedup']:.2f}×")
+        results.print(f"throughput speed-up {sp['throughput_speedup']:.2f}× (FLOPs-ideal "
+                      f"{sp['ideal_speedup']:.2f}×), batch-1 latency speed-up {sp['latency_speedup']:.2f}×")
     acc = r.get("accuracy")
     if acc:
-        console.print(f"top-1 on {acc['images']} images: dense {acc['baseline_top1']:.2f}, pruned {acc['top1']:.2f}")
+        results.print(f"top-1 on {acc['images']} images: dense {acc['baseline_top1']:.2f}, pruned "
+                      f"{acc['top1']:.2f}")
     agree = r["calibration"].get("agreement_with_dense")
     if agree is not None:
-        console.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")
+        results.print(f"top-1 agreement with the dense model on held-out images: {agree:.1%}")
     if r.get("auto"):
-        console.print(f"--auto {r['auto']['decision']}")
+        results.print(f"--auto {r['auto']['decision']}")
+    for g in r.get("gates", []):
+        results.print(gate_line(g))
+
+
+def gate_line(g: Dict[str, Any]) -> str:
+    value = "-" if g["value"] is None else f"{g['value']:.4g}"
+    verdict = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
+    return f"gate {g['gate']} {g['limit']:g} ({g['unit']}): {value} → {verdict}"
 
 
 # ---------------------------------------------------------------------------------------------- eval
-@app.command("eval")
+@app.command("eval", epilog=examples(
+    "ssmprune eval out/demo/model.safetensors --val data/cifar10/test --val-limit 1000",
+    "ssmprune eval OUT/model.safetensors --val DIR --baseline CKPT --max-acc-drop 1.0 --json"))
 def eval_(
-    model: Annotated[Path, typer.Argument(help="Dense or pruned model (any supported checkpoint).")],
-    val: Annotated[Path, typer.Option("--val", help="Labelled images (ImageFolder), or a flat folder for "
-                                      "agreement only.")],
-    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Also report agreement with (and the "
-                                                     "accuracy of) this model.")] = None,
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Dense or pruned model (any supported "
+                                          "checkpoint).")],
+    val: Annotated[Path, typer.Option(
+        "--val", metavar="DIR", help="Labelled images (ImageFolder), or a flat folder for agreement only.")],
+    baseline: Annotated[Optional[Path], typer.Option(
+        "--baseline", metavar="CKPT", help="Also report agreement with (and the accuracy of) this model.")] = None,
     val_limit: ValLimitOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, hidden=True, help="Deprecated spelling of "
-                                                 "--val-limit.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
-                                                          "is more points below --baseline's.")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", min=1, metavar="N", hidden=True, help="Deprecated spelling of --val-limit.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Images per batch.")] = 64,
+    max_acc_drop: Annotated[Optional[float], typer.Option(
+        "--max-acc-drop", metavar="POINTS", help="Gate: fail (exit 3) when top-1 is more points below "
+        "--baseline's.")] = None,
     device: DeviceOpt = None,
     no_progress: NoProgressOpt = False,
     family: FamilyOpt = None,
@@ -400,44 +462,60 @@ def eval_(
     load_options = {"family": family, "ema": ema, "trust_pickle": trust_pickle, **model_overrides(model_config)}
     result = run_eval(EvalRequest(model=model, val=val, baseline=baseline, val_limit=val_limit,
                                   batch_size=batch_size, device=device, load_options=load_options))
-    if as_json:
-        emit_json(result)
-    else:
-        table = Table(show_header=False, title=str(model))
-        for key in ("images", "top1", "baseline_top1", "acc_drop", "agreement"):
-            if key in result:
-                v = result[key]
-                table.add_row(key, f"{v:.2f}" if isinstance(v, float) else str(v))
-        console.print(table)
+    gates = []
     if max_acc_drop is not None:
         drop = result.get("acc_drop")
         if drop is None:
             raise BadInputError("--max-acc-drop needs labelled --val images (an ImageFolder)")
-        raise_for_gates([gate_row("--max-acc-drop", drop, max_acc_drop, "top-1 points", upper=True)])
+        gates = [gate_row("--max-acc-drop", drop, max_acc_drop, "top-1 points", upper=True)]
+        result["gates"] = gates
+    if as_json:
+        emit_json(result)
+    else:
+        table = Table(show_header=False, title=str(model))
+        for key, label in (("images", "images"), ("top1", "top-1"), ("baseline_top1", "top-1 of the baseline"),
+                           ("acc_drop", "top-1 drop (points)"), ("agreement", "top-1 agreement with the baseline")):
+            if key in result:
+                v = result[key]
+                table.add_row(label, f"{v:.2f}" if isinstance(v, float) else str(v))
+        results.print(table)
+        for g in gates:
+            results.print(gate_line(g))
+    raise_for_gates(gates)
 
 
 # ---------------------------------------------------------------------------------------------- finetune
-@app.command()
+@app.command(epilog=examples(
+    "ssmprune finetune out/demo/model.safetensors --train data/cifar10/train --epochs 1 -o out/demo-ft",
+    "ssmprune finetune OUT/model.safetensors --train DIR --val DIR --val-limit 1000 -o OUT2 --json",
+    "torchrun --nproc-per-node 4 -m ssmprune_cli finetune OUT/model.safetensors --train DIR -o OUT2"))
 def finetune(
-    model: Annotated[Path, typer.Argument(help="Pruned model (OUT/model.safetensors of `prune`), or a dense one "
-                                          "with --teacher.")],
-    train_dir: Annotated[Path, typer.Option("--train", help="Labelled training images (ImageFolder).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (must not exist unless --force).")],
-    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Teacher checkpoint (default: the dense "
-                                                    "model inside MODEL).")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", help="Epochs, more than 0 (fractions allowed).")] = 1.0,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (per process under "
-                                            "torchrun); a smaller training set trains on one batch of all "
-                                            "of it.")] = 64,
-    distill_alpha: Annotated[float, typer.Option("--distill-alpha", min=0.0, max=1.0, help="Weight of the "
-                                                 "soft-logit KL to the teacher (the rest: labels).")] = 0.5,
-    train_images: Annotated[Optional[int], typer.Option("--train-images", min=1, help="Use this many training "
-                                                        "images (seeded random subset).")] = None,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images: top-1 before and after.")] = None,
+    model: Annotated[Path, typer.Argument(
+        metavar="MODEL", help="Pruned model (OUT/model.safetensors of `prune`), or a dense one with --teacher.")],
+    train_dir: Annotated[Path, typer.Option("--train", metavar="DIR", help="Labelled training images "
+                                            "(ImageFolder).")],
+    out: Annotated[Path, typer.Option(
+        "-o", "--out", metavar="DIR", help="Output folder (must not exist unless --force).")],
+    teacher: Annotated[Optional[Path], typer.Option(
+        "--teacher", metavar="CKPT", help="Teacher checkpoint (default: the dense model inside MODEL).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", metavar="E", help="Epochs, more than 0 (fractions "
+                                          "allowed).")] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, metavar="LR", help="Peak learning rate (AdamW, cosine).")
+                  ] = 1e-4,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, metavar="N", help="Images per step (per process under torchrun); a smaller "
+        "training set trains on one batch of all of it.")] = 64,
+    distill_alpha: Annotated[float, typer.Option(
+        "--distill-alpha", min=0.0, max=1.0, metavar="A", help="Weight of the soft-logit KL to the teacher (the "
+        "rest: labels).")] = 0.5,
+    train_images: Annotated[Optional[int], typer.Option(
+        "--train-images", min=1, metavar="N", help="Use this many training images (seeded random subset).")
+                            ] = None,
+    val: Annotated[Optional[Path], typer.Option(
+        "--val", metavar="DIR", help="Labelled images: top-1 before and after.")] = None,
     val_limit: ValLimitOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the --train-images subset, shuffling and "
-                                      "augmentation.")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seeds the --train-images subset, shuffling and augmentation.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
     device: DeviceOpt = None,
     no_progress: NoProgressOpt = False,
@@ -466,38 +544,50 @@ def finetune(
         emit_json(result)
         return
     hist = result["summary"]["history"]
-    console.print(f"fine-tuned {result['summary']['steps']} steps on {result['train_images']} images → {out}"
+    results.print(f"fine-tuned {result['summary']['steps']} steps on {result['train_images']} images → {out}"
                   + (f"; last loss {hist[-1]['loss']:.4f}" if hist else ""))
     if "val" in result:
         v = result["val"]
-        console.print(f"top-1 on {v['images']} images: {v['top1_before']:.2f} → {v['top1_after']:.2f}")
+        results.print(f"top-1 on {v['images']} images: {v['top1_before']:.2f} → {v['top1_after']:.2f}")
 
 
-@app.command()
+# ---------------------------------------------------------------------------------------------- bench
+@app.command(epilog=examples(
+    "ssmprune bench out/demo/model.safetensors                 # pruned vs its own dense model",
+    "ssmprune bench OUT/model.safetensors --device cuda --dtype bf16 --min-speedup 1.3",
+    "ssmprune bench CKPT --baseline OTHER.pth --val DIR --val-limit 1000 --json > bench.json"))
 def bench(
-    model: Annotated[Path, typer.Argument(help="Model to measure: a pruned .safetensors, or any checkpoint.")],
-    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Checkpoint to compare against (default "
-                                                     "for a pruned MODEL: its own dense model).")] = None,
+    model: Annotated[Path, typer.Argument(
+        metavar="MODEL", help="Model to measure: a pruned .safetensors, or any checkpoint.")],
+    baseline: Annotated[Optional[Path], typer.Option(
+        "--baseline", metavar="CKPT", help="Checkpoint to compare against (default for a pruned MODEL: its own "
+        "dense model).")] = None,
     device: DeviceOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="fp32, or bf16 (autocast).")] = "fp32",
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the throughput measurement.")] = 128,
-    latency_batch: Annotated[int, typer.Option("--latency-batch", min=1, help="Batch size of the latency "
-                                               "measurement.")] = 1,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up calls per model and batch size.")] = 10,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed samples per model and batch size "
-                                         "(median and IQR reported).")] = 20,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="fp32, or bf16 (autocast).")] = "fp32",
+    batch: Annotated[int, typer.Option(
+        "--batch", min=1, metavar="N", help="Batch size of the throughput measurement.")] = 128,
+    latency_batch: Annotated[int, typer.Option(
+        "--latency-batch", min=1, metavar="N", help="Batch size of the latency measurement.")] = 1,
+    warmup: Annotated[int, typer.Option(
+        "--warmup", min=0, metavar="N", help="Warm-up calls per model and batch size.")] = 10,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", min=1, metavar="N", help="Timed samples per model and batch size (median and IQR "
+        "reported).")] = 20,
     compile_: Annotated[bool, typer.Option("--compile", help="Measure torch.compile'd models.")] = False,
     stages: Annotated[bool, typer.Option("--stages", help="Also time each block and group the ops' time.")] = False,
-    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled images (ImageFolder): measure top-1 "
-                                                "of both models.")] = None,
+    val: Annotated[Optional[Path], typer.Option(
+        "--val", metavar="DIR", help="Labelled images (ImageFolder): measure top-1 of both models.")] = None,
     val_limit: ValLimitOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the random inputs that are timed and counted.")] = 0,
-    max_flops: Annotated[Optional[float], typer.Option("--max-flops", help="Gate: fail (exit 3) when MODEL costs "
-                                                       "more GMACs (fvcore).")] = None,
-    min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: fail (exit 3) when the "
-                                                         "throughput speedup over the baseline is lower.")] = None,
-    max_acc_drop: Annotated[Optional[float], typer.Option("--max-acc-drop", help="Gate: fail (exit 3) when top-1 "
-                                                          "drops by more points (needs --val).")] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seeds the random inputs that are timed and counted.")] = 0,
+    max_flops: Annotated[Optional[float], typer.Option(
+        "--max-flops", metavar="GMACS", help="Gate: fail (exit 3) when MODEL costs more GMACs (fvcore).")] = None,
+    min_speedup: Annotated[Optional[float], typer.Option(
+        "--min-speedup", metavar="X", help="Gate: fail (exit 3) when the throughput speedup over the baseline is "
+        "lower.")] = None,
+    max_acc_drop: Annotated[Optional[float], typer.Option(
+        "--max-acc-drop", metavar="POINTS", help="Gate: fail (exit 3) when top-1 drops by more points (needs "
+        "--val).")] = None,
     family: FamilyOpt = None,
     ema: EmaOpt = False,
     trust_pickle: TrustPickleOpt = False,

@@ -32,6 +32,10 @@ class DataError(BadInputError):
     """Calibration / evaluation images could not be found or read."""
 
 
+class MissingDependencyError(BadInputError):
+    """The run needs an optional package that is not installed (Triton for CUDA: `pip install 'ssmprune[gpu]'`)."""
+
+
 class QualityGateError(SsmpruneError):
     """A CI gate (--max-flops, --min-speedup, --max-acc-drop) was missed on purpose."""
 

@@ -50,3 +50,18 @@ def _extract_cifar(dest: Path, split: str, per_class: int) -> Path:
 def cifar_test_dir(tmp_path_factory) -> Path:
     """A small ImageFolder of real CIFAR-10 test images: 10 classes x 12 images."""
     return _extract_cifar(tmp_path_factory.mktemp("cifar_test"), "test", 12)
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+@pytest.fixture
+def ssmprune():
+    """`ssmprune ARGS...` run in-process; the result keeps stdout and stderr apart (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from ssmprune_cli import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # click ≥ 8.2 keeps them apart by default
+        runner = CliRunner()
+    return lambda *args: runner.invoke(cli.app, [str(a) for a in args])

@@ -87,6 +87,32 @@ def find_images(root, limit: Optional[int] = None, seed: Optional[int] = None) -
     return images.subset(order[:limit])
 
 
+def across_classes(images: ImageSet, n: int) -> ImageSet:
+    """Up to `n` images drawn across the classes, for pictures: one image from each of `n` classes spread evenly
+    over the class list (then a second round when there are fewer classes than `n`); a flat folder gives `n`
+    images spread evenly over its files. Deterministic: the first images of each class in file order."""
+    by_label: dict = {}
+    for i, lbl in enumerate(images.labels):
+        by_label.setdefault(lbl, []).append(i)
+    groups = [by_label[k] for k in sorted(by_label)]
+    if len(groups) == 1:  # a flat folder (or one class): evenly spaced files
+        only = groups[0]
+        step = len(only) / max(1, min(n, len(only)))
+        return images.subset(sorted({only[int(k * step)] for k in range(min(n, len(only)))}))
+    picked: List[int] = []
+    rounds = 0
+    while len(picked) < min(n, len(images)):
+        want = min(n - len(picked), len(groups))
+        for k in range(want):
+            g = groups[int(k * len(groups) / want)]
+            if rounds < len(g) and g[rounds] not in picked:
+                picked.append(g[rounds])
+        rounds += 1
+        if rounds > max(len(g) for g in groups):
+            break
+    return ImageSet([images.paths[i] for i in picked], [images.labels[i] for i in picked], images.classes)
+
+
 def validation_images(root, limit: Optional[int] = None) -> ImageSet:
     """The validation subset of `root` (all images without `limit`): `find_images(root, limit)` with no seed."""
     return find_images(root, limit=limit, seed=None)

@@ -64,9 +64,3 @@ def atomic_write_text(path: PathLike, text: str, protect: Iterable[PathLike] = (
     with atomic_path(path, protect) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes, protect: Iterable[PathLike] = ()) -> Path:
-    with atomic_path(path, protect) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)

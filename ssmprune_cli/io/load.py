@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -23,6 +24,11 @@ from ssmprune_cli.models._registry import Family
 from .checkpoint import check_file, detect_family, load_strict, read_pickle, unwrap
 from .safetensors_io import is_safetensors, read_safetensors
 
+log = logging.getLogger("ssmprune.io")
+
+# The normalisation every official release of the supported families was trained with (timm's IMAGENET_DEFAULT_*).
+IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -36,6 +42,7 @@ class LoadedCheckpoint:
     pruning: Optional[Dict[str, Any]] = None
     weights: str = "bare"  # which part of the file: model, model_ema, state_dict, bare, ssmprune
     dense: Optional[nn.Module] = field(default=None, repr=False)  # the family model (inside a PrunedModel)
+    nonfinite: Dict[str, int] = field(default_factory=dict)  # weight name → how many values are NaN or ±inf
 
     def summary(self) -> Dict[str, Any]:
         """A JSON-ready description: architecture, parameters, input size, tokens after every block."""
@@ -50,6 +57,7 @@ class LoadedCheckpoint:
             "layers": site_tokens(core, self.pruning),
             "pruning": self.pruning,
             "config": self.config,
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -90,8 +98,13 @@ def _load_foreign(path: Path, sd: Dict[str, Tensor], weights: str, family: Optio
                               f"{type(exc).__name__} {exc}") from None
     model = load_strict(fam.build(cfg), sd, f"{path} ({weights} weights)")
     config = _as_json(dataclasses.asdict(cfg))
+    if "mean" not in overrides and "std" not in overrides and \
+            (config.get("mean"), config.get("std")) == IMAGENET_MEAN_STD:
+        log.info(f"{path.name}: the file does not say how inputs were normalised; using the ImageNet mean/std "
+                 f"(right for the official {fam.name} releases; for weights trained otherwise pass "
+                 "--model-config with mean and std)")
     return LoadedCheckpoint(model.eval(), fam.name, match_variant(fam.name, config), config, path,
-                            weights=weights, dense=model)
+                            weights=weights, dense=model, nonfinite=check_finite(path, sd))
 
 
 def _load_described(path: Path, tensors: Dict[str, Tensor], doc: Mapping[str, Any], family: Optional[str],
@@ -112,7 +125,30 @@ def _load_described(path: Path, tensors: Dict[str, Tensor], doc: Mapping[str, An
     load_strict(dense, tensors, str(path))  # the pruned wrapper owns no tensors: keys are the dense model's
     variant = doc.get("variant") or match_variant(fam.name, config)
     return LoadedCheckpoint(model.eval(), fam.name, variant, config, path, pruning=doc.get("pruning"),
-                            weights="ssmprune", dense=dense)
+                            weights="ssmprune", dense=dense, nonfinite=check_finite(path, tensors))
+
+
+def nonfinite_weights(sd: Mapping[str, Tensor]) -> Dict[str, int]:
+    """Weight name → number of NaN / ±inf values, for the floating-point tensors that hold any."""
+    out = {}
+    for key, t in sd.items():
+        if t.is_floating_point() or t.is_complex():
+            bad = int(t.numel() - torch.isfinite(t).sum())
+            if bad:
+                out[key] = bad
+    return out
+
+
+def check_finite(path: Path, sd: Mapping[str, Tensor]) -> Dict[str, int]:
+    """`nonfinite_weights`, with a warning naming the first few: a model with NaN or inf weights loads (analyze
+    shows where), but its outputs, scores and accuracy will be NaN or meaningless."""
+    bad = nonfinite_weights(sd)
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {sd[k].numel()})" for k, n in list(bad.items())[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        log.warning(f"{path.name}: {len(bad)} weight tensor(s) hold NaN or inf values: {shown}{more}; the "
+                    "model's outputs will be NaN or wrong")
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -11,7 +11,8 @@ import torch
 from ssmprune_cli.data.images import validation_images
 from ssmprune_cli.io.load import load_checkpoint
 
-from .common import pick_device, predictions, top1
+from ssmprune_cli.report.progress import progress_bar
+from ssmprune_cli.runtime import pick_device, predictions, top1
 
 
 @dataclass
@@ -32,14 +33,16 @@ def run_eval(req: EvalRequest) -> Dict[str, Any]:
     images = validation_images(req.val, req.val_limit)
     labelled = all(lbl >= 0 for lbl in images.labels)
     dtype = next(model.parameters()).dtype
-    pred = predictions(model, images, req.batch_size, device, dtype, "evaluating")
+    with progress_bar("evaluating", len(images)) as advance:
+        pred = predictions(model, images, req.batch_size, device, dtype, advance)
     result: Dict[str, Any] = {"model": str(req.model), "images": len(images)}
     labels = torch.tensor(images.labels)
     if labelled:
         result["top1"] = top1(pred, labels)
     if req.baseline is not None:
         base = load_checkpoint(req.baseline, **req.load_options).model.to(device).eval()
-        base_pred = predictions(base, images, req.batch_size, device, dtype, "evaluating baseline")
+        with progress_bar("evaluating the baseline", len(images)) as advance:
+            base_pred = predictions(base, images, req.batch_size, device, dtype, advance)
         result["baseline"] = str(req.baseline)
         result["agreement"] = top1(pred, base_pred)
         if labelled:

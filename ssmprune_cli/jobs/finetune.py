@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,9 +16,9 @@ from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 from ssmprune_cli.report.console import note
+from ssmprune_cli.report.jsondoc import dumps
 from ssmprune_cli.report.progress import progress_bar
-
-from .common import pick_device
+from ssmprune_cli.runtime import pick_device
 
 
 @dataclass
@@ -94,7 +93,7 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
         spec = student.spec.to_dict() if isinstance(student, PrunedModel) else None
         save_model(core.cpu(), tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
                    pruning=spec, protect=[req.model])
-        (tmp / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+        (tmp / "finetune.json").write_text(dumps(result) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -2,46 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 
-from ssmprune_cli.data.images import ImageSet, find_images, validation_images
+from ssmprune_cli.data.images import ImageSet, across_classes, find_images, validation_images
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.atomic import check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.importance import SCORES
-from ssmprune_cli.pruning.methods import DEFAULT_METHOD, USES_SCORES, check_options
-from ssmprune_cli.pruning.plan import (
-    PrunePoint,
-    PruningSpec,
-    is_two_d,
-    keep_from_rates,
-    merge_layer_sites,
-    resolve_fills,
-    schedule_macs,
-    solve_merge_ratio,
-    solve_ratio,
-    validate_method,
-    validate_points,
-)
+from ssmprune_cli.pruning.plan import PruningSpec, resolve_fills
 from ssmprune_cli.pruning.pruned_model import PrunedModel
+from ssmprune_cli.pruning.schedule import check_prune, choose_policy, make_points, make_spec, policy_candidates
 from ssmprune_cli.report.gates import gate_row
+from ssmprune_cli.report.jsondoc import dumps
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
 from ssmprune_cli.report.progress import progress_bar
 from ssmprune_cli.report.prune_report import build_prune_report, render_prune_markdown
-
-from .common import _batches, pick_device, predictions, top1
+from ssmprune_cli.runtime import model_batches, pick_device, predictions, top1
 
 
 @dataclass
@@ -97,61 +83,8 @@ def resolve_recipe(loaded, req: PruneRequest) -> Dict[str, Any]:
         prune.pop("keep", None)
     if req.at is not None:
         prune.pop("at_fraction", None)
-    method = prune.get("method", DEFAULT_METHOD)
-    check_options(method, method_options(prune, method))
-    layers = (prune.get("merge") or {}).get("layers", "points")
-    if layers != "points" and method != "merge":
-        raise RecipeError(f"merge layers {layers!r} need --method merge (the method is {method!r})")
-    for other in ("merge", "fuse"):
-        given = {k: v for k, v in (prune.get(other) or {}).items() if not (k == "layers" and v == "points")}
-        if other != method and given:
-            raise RecipeError(f"recipe sets prune.{other} options ({', '.join(sorted(given))}) but the method is "
-                              f"{method!r}; use --method {other} or remove them")
-    if layers != "points" and req.at is not None:
-        raise RecipeError(f"give either --at or --merge-layers {layers}, not both (the strategy picks the points)")
-    if method == "merge" and req.score is not None:
-        raise RecipeError("--method merge pairs tokens by similarity and reads no --score; leave --score out")
+    check_prune(prune, at_given=req.at is not None, score_given=req.score is not None)
     return recipe
-
-
-def method_options(prune: Dict[str, Any], method: str) -> Dict[str, Any]:
-    """The method's options from the recipe's `prune.<method>` mapping (merge's `layers` / `boundary` choose the
-    prune points and are not options of the prune step)."""
-    opts = dict(prune.get(method) or {})
-    if method == "merge":
-        opts.pop("layers", None)
-        opts.pop("boundary", None)
-    return opts
-
-
-def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> List[PrunePoint]:
-    method = prune.get("method", DEFAULT_METHOD)
-    merge = prune.get("merge") or {}
-    if method == "merge" and merge.get("layers", "points") != "points":
-        sites = merge_layer_sites(model, merge["layers"], float(merge.get("boundary", 0.5)))
-    else:
-        sites = recipes.resolve_sites(model, prune)
-    if not sites:
-        raise RecipeError("no prune points: give --at (or `prune.at` / `prune.at_fraction` in a recipe)")
-    if prune.get("ratio") is not None and method == "merge":
-        return solve_merge_ratio(model, sites, float(prune["ratio"]))
-    if prune.get("ratio") is not None:
-        return solve_ratio(model, sites, float(prune["ratio"]), split or prune.get("split", "uniform"))
-    keep = prune.get("keep")
-    if not keep:
-        raise RecipeError("no schedule: give --ratio R or --keep (rates or token counts) for the prune points")
-    if len(keep) != len(sites):
-        raise RecipeError(f"{len(keep)} keep values for {len(sites)} prune points ({', '.join(sites)})")
-    values = [float(k) for k in keep]
-    if all(v <= 1.0 for v in values):
-        points = keep_from_rates(model, sites, values)
-    elif all(v > 1.0 and v == int(v) for v in values):
-        points = [PrunePoint(s, int(v)) for s, v in zip(sites, values)]
-    else:
-        raise RecipeError("keep values are either all rates in (0, 1] or all token counts (integers > 1)")
-    validate_points(model, points)
-    validate_method(model, points, method)
-    return points
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -201,9 +134,6 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     torch.manual_seed(seed)
     points = make_points(model, prune)
     conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
-    if prune["score"] not in SCORES:
-        raise RecipeError(f"unknown score {prune['score']!r}; choose one of {', '.join(SCORES)}")
-    method = prune.get("method", DEFAULT_METHOD)
     dtype = next(model.parameters()).dtype
     needs_data = delta_fill == "calib" or auto.get("enabled")
     cal_set = hold_set = None
@@ -217,18 +147,12 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
                                              int(calib["holdout"]) if auto.get("enabled") else 0, seed)
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
-            delta_hat = measure_delta_hat(model, _batches(model, cal_set, bs, device, dtype), advance)
-    extra = {}
-    layers = (prune.get("merge") or {}).get("layers", "points")
-    if method == "merge" and layers != "points":
-        extra = {"merge_layers": layers}
-    spec = PruningSpec(points, score=prune["score"] if USES_SCORES[method] else "clip", align=prune["align"],
-                       conv_fill=conv_fill, delta_fill=delta_fill, seed=seed, extra=extra, method=method,
-                       options=method_options(prune, method))
+            delta_hat = measure_delta_hat(model, model_batches(model, cal_set, bs, device, dtype), advance)
+    spec = make_spec(points, prune, conv_fill, delta_fill, seed)
     auto_result = None
     if auto.get("enabled"):
-        spec, auto_result = choose_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
-                                          dtype, delta_hat)
+        spec, auto_result = auto_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
+                                        dtype, delta_hat)
     pruned = PrunedModel(model, spec)
     if delta_hat is not None and spec.delta_fill == "calib":
         pruned.set_delta_hat(delta_hat)
@@ -263,8 +187,10 @@ def measure_accuracy(model, pruned, val_dir, limit, batch_size, device, dtype) -
     if any(lbl < 0 for lbl in images.labels):
         raise DataError(f"--val {val_dir} has no class folders: top-1 needs labelled images (ImageFolder)")
     labels = torch.tensor(images.labels)
-    dense = predictions(model, images, batch_size, device, dtype, "dense top-1")
-    ours = predictions(pruned, images, batch_size, device, dtype, "pruned top-1")
+    with progress_bar("dense top-1", len(images)) as advance:
+        dense = predictions(model, images, batch_size, device, dtype, advance)
+    with progress_bar("pruned top-1", len(images)) as advance:
+        ours = predictions(pruned, images, batch_size, device, dtype, advance)
     return {"images": len(images), "baseline_top1": top1(dense, labels), "top1": top1(ours, labels)}
 
 
@@ -285,88 +211,19 @@ def prune_gates(report: Dict[str, Any], req: PruneRequest) -> List[Dict[str, Any
     return rows
 
 
-def policy_candidates(model, spec: PruningSpec, prune: Dict[str, Any], auto: Dict[str, Any]
-                      ) -> List[Dict[str, Any]]:
-    """The --auto grid (conv_fill × delta_fill × split; splits only with a --ratio target), the default policy
-    (the recipe's and the flags') first, whether or not the grid lists it. `packed` only for 1-D models."""
-    two_d = is_two_d(model)
-    by_ratio = prune.get("ratio") is not None
-    default = {"conv_fill": spec.conv_fill, "delta_fill": spec.delta_fill, "split": prune.get("split", "uniform")}
-    grid = [{"conv_fill": cf, "delta_fill": df, "split": sp}
-            for cf in auto["conv_fill"] if not (cf == "packed" and two_d)
-            for df in auto["delta_fill"]
-            for sp in (list(auto["split"]) if by_ratio else [default["split"]])]
-    out = [default] + [c for c in grid if c != default]
-    for c in out:
-        points = make_points(model, prune, c["split"]) if by_ratio else spec.points
-        c.update(keep=[p.keep for p in points], macs=schedule_macs(model, points))
-    return out
-
-
-@torch.no_grad()
-def _logits(model, batches) -> torch.Tensor:
-    out = [model(x) for x in batches]
-    return torch.cat([o[0] if isinstance(o, (tuple, list)) else o for o in out]).float().cpu()
-
-
-def choose_policy(model, spec: PruningSpec, prune, auto, hold_set, batch_size, device, dtype, delta_hat):
-    """--auto: score every candidate (same FLOPs budget) by its output distributions' closeness to the dense
-    model's on held-out calibration images (no labels) and keep the default unless one is better beyond its
-    noise (pruning/policy.py)."""
-    from ssmprune_cli.pruning import policy
-
+def auto_policy(model, spec: PruningSpec, prune, auto, hold_set: Optional[ImageSet], batch_size: int, device,
+                dtype, delta_hat):
+    """--auto on the held-out calibration images: decoded once, shared by every candidate (pruning/schedule.py
+    scores them and decides)."""
     if hold_set is None or len(hold_set) < MIN_HOLDOUT:
         raise DataError(f"--auto needs at least {MIN_HOLDOUT} held-out calibration images")
     with progress_bar("held-out images", len(hold_set)) as advance:
         batches = []
-        for x in _batches(model, hold_set, batch_size, device, dtype):
-            batches.append(x)  # decoded once, shared by every candidate
+        for x in model_batches(model, hold_set, batch_size, device, dtype):
+            batches.append(x)
             advance(x.shape[0])
-    dense = _logits(model, batches)
-    candidates = policy_candidates(model, spec, prune, auto)
-    logits = []
-    with progress_bar("policy candidates", len(candidates)) as advance:
-        for c in candidates:
-            keep = dict(zip([p.site for p in spec.points], c["keep"]))
-            cand = replace(spec, points=[PrunePoint(s, keep[s]) for s in keep], conv_fill=c["conv_fill"],
-                           delta_fill=c["delta_fill"])
-            pm = PrunedModel(model, cand)
-            if c["delta_fill"] == "calib" and delta_hat is not None:
-                pm.set_delta_hat(delta_hat)
-            try:
-                logits.append(_logits(pm, batches))
-            finally:
-                pm.detach()
-            advance(1)
-    decision = policy.decide(dense, logits, default=0)
-    for c, sc in zip(candidates, decision.scores):
-        c.update(kl=sc.kl, kl_se=sc.kl_se, agreement=sc.agreement, agreement_se=sc.agreement_se,
-                 kl_vs_default=sc.diff, kl_vs_default_se=sc.diff_se, better_than_default=sc.better)
-    best = candidates[decision.chosen]
-    keep = dict(zip([p.site for p in spec.points], best["keep"]))
-    chosen = replace(spec, points=[PrunePoint(s, keep[s]) for s in keep], conv_fill=best["conv_fill"],
-                     delta_fill=best["delta_fill"], extra={**spec.extra, "split": best["split"]})
-    return chosen, {"holdout_images": len(hold_set), "measure": policy.MEASURE, "alpha": policy.ALPHA,
-                    "z": decision.z, "default": candidates[0], "chosen": best,
-                    "kept_default": decision.kept_default, "decision": _decision_text(decision, candidates,
-                                                                                      len(hold_set)),
-                    "candidates": candidates}
-
-
-def _policy_name(c: Dict[str, Any]) -> str:
-    return f"conv_fill={c['conv_fill']} delta_fill={c['delta_fill']} split={c['split']}"
-
-
-def _decision_text(decision, candidates: List[Dict[str, Any]], n: int) -> str:
-    if decision.kept_default:
-        return (f"kept the default ({_policy_name(candidates[0])}) for lack of evidence: no candidate's mean KL "
-                f"to the dense model was lower by more than {decision.z:.2f} standard errors of its paired "
-                f"difference on {n} held-out images")
-    c = candidates[decision.chosen]
-    return (f"chose {_policy_name(c)}: its mean KL to the dense model is lower than the default's "
-            f"({_policy_name(candidates[0])}) by {-c['kl_vs_default']:.4g} ± {c['kl_vs_default_se']:.2g} "
-            f"(paired standard error) on {n} held-out images, more than the {decision.z:.2f} standard errors "
-            "needed")
+    with progress_bar("policy candidates", len(policy_candidates(model, spec, prune, auto))) as advance:
+        return choose_policy(model, spec, prune, auto, batches, delta_hat, advance)
 
 
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
@@ -384,11 +241,12 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
         if isinstance(resolved["prune"].get("merge"), dict):  # the points are written out: rerunning uses them
             resolved["prune"]["merge"] = dict(resolved["prune"]["merge"], layers="points")
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.json").write_text(dumps(report) + "\n")
         (tmp / "report.md").write_text(render_prune_markdown(report))
-        render_tokens_plot(report["tokens_per_block"], tmp / "tokens.png")
+        render_tokens_plot(report["tokens_per_block"], tmp / "tokens.png",
+                           points=[s["site"] for s in report["schedule"]])
         if cal_set is not None and len(cal_set):
-            render_importance(pruned, cal_set.paths[:4], tmp / "importance.png")
+            render_importance(pruned, across_classes(cal_set, 4).paths, tmp / "importance.png")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             old.rmdir()

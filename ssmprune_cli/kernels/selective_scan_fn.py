@@ -192,12 +192,11 @@ def _cast(x: Optional[Tensor], dtype) -> Optional[Tensor]:
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, B_bias=None,
                           gap=None, delta_fill=None) -> Tensor:
-    """`ops.selective_scan` on the GPU (or under TRITON_INTERPRET=1), differentiable in every input but gap."""
+    """`ops.selective_scan` on the GPU (or under TRITON_INTERPRET=1), differentiable in every input but gap.
+    float32 / bfloat16 / float16 only: `ops.selective_scan` sends float64 to its exact reference."""
     tensors = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill)
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        from ssmprune_cli.ops.selective_scan import selective_scan_chunked  # float64 stays exact
-
-        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, B_bias, gap, delta_fill)
+        raise BadInputError("the Triton scan computes in float32; ops.selective_scan runs float64 on the reference")
     if not (u.is_cuda or K.INTERPRET):
         raise BadInputError("the Triton scan needs CUDA tensors; use the 'reference' scan backend on the CPU")
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

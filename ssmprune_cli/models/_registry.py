@@ -1,4 +1,7 @@
-"""The only way in: families register themselves, variants are named constructors (timm-style)."""
+"""The only way in: families register themselves, variants are named constructors (timm-style).
+
+The family modules register on import; the package (`ssmprune_cli.models`) imports them, so this module never
+imports a family (no import circle) and every look-up below sees all of them."""
 
 from __future__ import annotations
 
@@ -46,35 +49,25 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules registers them.
-    from ssmprune_cli.models import groupmamba, plainmamba, vim, vmamba  # noqa: F401
-
-
 def list_models(family: Optional[str] = None) -> List[str]:
-    _ensure_loaded()
     return sorted(n for n in _MODELS if family is None or _MODEL_FAMILY[n] == family)
 
 
 def model_family(name: str) -> str:
-    _ensure_loaded()
     return _MODEL_FAMILY[name]
 
 
 def list_families() -> List[str]:
-    _ensure_loaded()
     return sorted(_FAMILIES)
 
 
 def get_family(name: str) -> Family:
-    _ensure_loaded()
     if name not in _FAMILIES:
         raise BadInputError(f"unknown architecture family {name!r}; known: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name]
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    _ensure_loaded()
     if name not in _MODELS:
         raise BadInputError(f"unknown model {name!r}; run `ssmprune models` to list the supported variants")
     return _MODELS[name](**kwargs)

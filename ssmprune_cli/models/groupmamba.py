@@ -371,7 +371,7 @@ class GroupMamba(PrunableModel):
             L = H * W
             for j in range(1, depth + 1):
                 blk = getattr(self, f"block{s}")[j - 1]
-                per_attn, fixed_attn = _layer_macs(blk.attn, L)
+                per_attn, fixed_attn = _layer_macs(blk.attn)
                 hidden = blk.mlp.fc1.out_features
                 out.append({"site": f"{s}.{j}", "stage": s, "tokens": L,
                             "per_token": per_attn + 2 * dim * hidden + 9 * hidden,  # the FFN's 3×3 dwconv too
@@ -388,7 +388,7 @@ class GroupMamba(PrunableModel):
         for i in range(1, self.num_stages):
             macs += 9 * cfg.embed_dims[i - 1] * cfg.embed_dims[i] * grids[i][0] * grids[i][1]
         cb = self.post_network[0]
-        per, fixed = _layer_macs(cb.attn, 1)
+        per, fixed = _layer_macs(cb.attn)
         macs += per + fixed + 2 * cb.mlp.fc1.in_features * cb.mlp.fc1.out_features
         heads = [m for m in (self.head, getattr(self, "dist_head", None)) if isinstance(m, nn.Linear)]
         return int(macs + sum(m.in_features * m.out_features for m in heads))
@@ -398,8 +398,8 @@ def _conv_out(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
 
-def _layer_macs(layer: GroupMambaLayer, L: int) -> Tuple[int, int]:
-    """(per-token, fixed) MACs of one GroupMambaLayer on an L-token grid."""
+def _layer_macs(layer: GroupMambaLayer) -> Tuple[int, int]:
+    """(per-token, fixed) MACs of one GroupMambaLayer (per kept token, and once per image)."""
     dim = layer.proj.in_features
     per = dim * dim                                              # proj
     fixed = 2 * layer.fc1.in_features * layer.fc1.out_features   # CAM, once per image

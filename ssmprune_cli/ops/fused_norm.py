@@ -27,18 +27,16 @@ Examples, as the models compute them:
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ._kernels import kernel_module
 from .profiling import op_range
 
 _KINDS = ("rms", "layer")
 _BACKENDS = (None, "auto", "triton", "reference")
-_KERNELS = "ssmprune_cli.kernels.fused_norm"
 MAX_WIDTH = 4096  # widest row the Triton kernels take in one block (kernels/fused_norm.py); wider go to the reference
 
 
@@ -109,8 +107,9 @@ def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
         return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate)
     _check(x, residual, weight, bias, kind, gate)
     with op_range("ssmprune::add_norm"):
-        return _kernels().add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms",
-                                          out_dtype or x.dtype, _residual_dtype(x, residual, residual_dtype), gate)
+        kernels = kernel_module("fused_norm")
+        return kernels.add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms", out_dtype or x.dtype,
+                                       _residual_dtype(x, residual, residual_dtype), gate)
 
 
 def _any_float64(*tensors: Optional[Tensor]) -> bool:
@@ -118,13 +117,6 @@ def _any_float64(*tensors: Optional[Tensor]) -> bool:
         if t is not None and t.dtype == torch.float64:
             return True
     return False
-
-
-def _kernels():
-    """ssmprune_cli.kernels.fused_norm, imported (with triton) on first use; later calls skip the import machinery
-    (a function-level `from ... import` costs about 2 us a call)."""
-    module = sys.modules.get(_KERNELS)
-    return module if module is not None else importlib.import_module(_KERNELS)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._kernels import kernel_module
 from .profiling import op_range
 from .selective_scan import current_backend
 
@@ -125,9 +126,7 @@ def _run(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
 def _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
     float64 = any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias))
     if name == "triton" and not float64:
-        from ssmprune_cli.kernels.gather_conv import gather_conv_triton  # imports triton only here
-
-        return gather_conv_triton(x, weight, bias, grid, padding, keep, src, flip, silu)
+        return kernel_module("gather_conv").gather_conv_triton(x, weight, bias, grid, padding, keep, src, flip, silu)
     return gather_conv_ref(x, weight, bias, grid, padding, keep, src, flip, silu)
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._kernels import kernel_module
+
 _BACKENDS = ("auto", "triton", "reference", "exact")
 _backend = os.environ.get("SSMPRUNE_SCAN_BACKEND", "auto")
 
@@ -195,10 +197,10 @@ class TracedScan(torch.autograd.Function):
 
 
 def _run(name, *args) -> Tensor:
+    if name == "triton" and not any(isinstance(t, Tensor) and t.dtype == torch.float64 for t in args):
+        return kernel_module("selective_scan_fn").selective_scan_triton(*args)
     if name == "triton":
-        from ssmprune_cli.kernels import selective_scan_triton  # imports triton only here
-
-        return selective_scan_triton(*args)
+        name = "reference"  # float64 stays exact: the kernels compute in float32
     if name == "exact":
         return selective_scan_ref(*args)
     if name == "reference":

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._kernels import kernel_module
 from .profiling import op_range
 from .selective_scan import current_backend, selective_scan
 
@@ -116,12 +117,8 @@ def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, 
         if not fused:
             return token_scan_ref(*args, backend=name)
         if grad:
-            from ssmprune_cli.kernels.token_scan_bwd import token_scan_train  # imports triton only here
-
-            return token_scan_train(*args)
-        from ssmprune_cli.kernels.token_scan import token_scan_triton  # imports triton only here
-
-        return token_scan_triton(*args)
+            return kernel_module("token_scan_bwd").token_scan_train(*args)
+        return kernel_module("token_scan").token_scan_triton(*args)
 
 
 _OP = None
@@ -137,10 +134,9 @@ def _compiled_op():
                delta_fill: Optional[Tensor], u_idx: Optional[Tensor], p_idx: Optional[Tensor],
                o_idx: Optional[Tensor], reverse: bool, acc: Optional[Tensor], out_scale: float,
                delta_softplus: bool, a_is_log: bool) -> Tensor:
-            from ssmprune_cli.kernels.token_scan import token_scan_triton
-
-            return token_scan_triton(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx,
-                                     o_idx, reverse, acc, out_scale, delta_softplus, a_is_log)
+            return kernel_module("token_scan").token_scan_triton(u, delta, A, B, C, D, z, delta_bias, B_bias, gap,
+                                                                 delta_fill, u_idx, p_idx, o_idx, reverse, acc,
+                                                                 out_scale, delta_softplus, a_is_log)
 
         @op.register_fake
         def _(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc,
@@ -170,10 +166,9 @@ def _compiled_train_op():
                 delta_fill: Optional[Tensor], u_idx: Optional[Tensor], p_idx: Optional[Tensor],
                 o_idx: Optional[Tensor], reverse: bool, acc: Optional[Tensor], out_scale: float,
                 delta_softplus: bool, a_is_log: bool) -> List[Tensor]:
-            from ssmprune_cli.kernels.token_scan_bwd import train_forward
-
-            return list(train_forward(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx,
-                                      o_idx, reverse, acc, out_scale, delta_softplus, a_is_log))
+            kernels = kernel_module("token_scan_bwd")
+            return list(kernels.train_forward(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx,
+                                              p_idx, o_idx, reverse, acc, out_scale, delta_softplus, a_is_log))
 
         @fwd.register_fake
         def _(u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc,
@@ -192,10 +187,9 @@ def _compiled_train_op():
                 B_bias: Optional[Tensor], gap: Optional[Tensor], delta_fill: Optional[Tensor],
                 u_idx: Optional[Tensor], p_idx: Optional[Tensor], o_idx: Optional[Tensor], reverse: bool,
                 acc: Optional[Tensor], out_scale: float, delta_softplus: bool, a_is_log: bool) -> List[Tensor]:
-            from ssmprune_cli.kernels.token_scan_bwd import train_backward
-
             args = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_idx, p_idx, o_idx, reverse, acc)
-            grads = train_backward(dout, hs, Bt, Ct, *args, out_scale, delta_softplus, a_is_log)
+            kernels = kernel_module("token_scan_bwd")
+            grads = kernels.train_backward(dout, hs, Bt, Ct, *args, out_scale, delta_softplus, a_is_log)
             # every present input gets a tensor (an op returns no None): a zero one where the formula has none
             return [dout.new_empty(0) if args[i] is None else
                     (grads[i] if grads[i] is not None else torch.zeros_like(args[i])) for i in _GRAD_ARGS]

@@ -1,4 +1,5 @@
-"""Recipes: YAML as data, validated field by field; CLI flags override; the resolved recipe is written out.
+"""Recipes: YAML as data, validated against recipe.schema.json (ssmprune_cli/schemas, published as
+docs/schemas/recipe.schema.json); CLI flags override; the resolved recipe is written out.
 
 Lookup: `recipes/<variant>.yaml` when the checkpoint matches a published variant, else `recipes/<family>.yaml`.
 """
@@ -12,66 +13,29 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from ssmprune_cli import schemas
 from ssmprune_cli.errors import RecipeError
 
-SCHEMA: Dict[str, Any] = {
-    "model": str,
-    "note": str,
-    "seed": int,
-    "prune": {
-        "at": list,
-        "at_fraction": list,
-        "stage": (int, list),
-        "keep": list,
-        "ratio": float,
-        "split": str,
-        "score": str,
-        "align": str,
-        "conv_fill": str,
-        "delta_fill": str,
-        "method": str,
-        "merge": {"layers": str, "boundary": float, "weighting": str, "window": int},
-        "fuse": {"at": str},
-    },
-    "calib": {"images": int, "batch_size": int, "holdout": int},
-    "auto": {"enabled": bool, "conv_fill": list, "delta_fill": list, "split": list},
-}
-
-DEFAULTS: Dict[str, Any] = {
-    "seed": 0,
-    "prune": {"split": "uniform", "score": "clip", "align": "aligned"},
-    "calib": {"images": 256, "batch_size": 32, "holdout": 128},
-    "auto": {"enabled": False, "conv_fill": ["hold", "zero", "packed"], "delta_fill": ["calib", "bias", "zero"],
-             "split": ["uniform", "early", "late"]},
-}
+SCHEMA: Dict[str, Any] = schemas.load_schema("recipe")  # docs/schemas/recipe.schema.json
+DEFAULTS: Dict[str, Any] = schemas.defaults(SCHEMA)       # its `default` annotations, nested
 
 
 def validate(recipe: Any, source: str = "recipe") -> Dict[str, Any]:
+    """The recipe with null fields dropped (null means not set), or RecipeError: one line naming the source and
+    the first field that breaks the schema."""
     if recipe is None:
         return {}
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"{source}: expected a mapping at the top level")
-    _check(recipe, SCHEMA, source, "")
+    recipe = _without_nulls(recipe)
+    problem = schemas.first_problem(recipe, SCHEMA)
+    if problem is not None:
+        raise RecipeError(f"{source}: {problem}")
     return recipe
 
 
-def _check(node: Dict[str, Any], schema: Dict[str, Any], source: str, path: str) -> None:
-    for key, value in node.items():
-        where = f"{path}{key}"
-        if key not in schema:
-            raise RecipeError(f"{source}: unknown field '{where}' (known: {', '.join(sorted(schema))})")
-        expected = schema[key]
-        if isinstance(expected, dict):
-            if not isinstance(value, dict):
-                raise RecipeError(f"{source}: '{where}' must be a mapping")
-            _check(value, expected, source, where + ".")
-        elif value is not None:
-            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            if not ok:
-                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
-                raise RecipeError(f"{source}: '{where}' must be {names}, got {value!r}")
+def _without_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    return node
 
 
 def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -104,11 +68,6 @@ def builtin_recipe(variant: Optional[str], family: str) -> Dict[str, Any]:
         if f.is_file():
             return validate(yaml.safe_load(f.read_text()), f"recipes/{name}.yaml")
     return {}
-
-
-def list_builtin() -> List[str]:
-    root = resources.files("ssmprune_cli") / "recipes"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def resolve(variant: Optional[str], family: str, user_file=None, overrides: Optional[Dict[str, Any]] = None

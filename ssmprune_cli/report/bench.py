@@ -78,8 +78,10 @@ class Timing:
 
     def to_dict(self) -> Dict[str, Any]:
         q1, q2, q3 = self.quartiles()
+        # images/s at the quartiles of the time: the slow quartile (q3) gives the lower rate
         return {"batch": self.batch, "median_ms": q2 * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-                "iqr_ms": (q3 - q1) * 1e3, "images_per_s": self.batch / q2, "samples": len(self.seconds),
+                "iqr_ms": (q3 - q1) * 1e3, "images_per_s": self.batch / q2,
+                "iqr_images_per_s": self.batch / q1 - self.batch / q3, "samples": len(self.seconds),
                 "calls_per_sample": self.calls_per_sample}
 
 
@@ -294,8 +296,8 @@ class BenchRequest:
 
 
 def load_pair(req: BenchRequest) -> Tuple[nn.Module, Optional[nn.Module], Dict[str, str]]:
-    """(model, baseline or None, labels). A pruned file with no --baseline is measured against its own dense
-    model (the same weights without the pruning spec)."""
+    """(model, baseline or None, sources: what each was loaded from). A pruned file with no --baseline is
+    measured against its own dense model (the same weights without the pruning spec)."""
     from ssmprune_cli.io.load import load_checkpoint
 
     loaded = load_checkpoint(req.model, **req.load_options)
@@ -313,7 +315,7 @@ def load_pair(req: BenchRequest) -> Tuple[nn.Module, Optional[nn.Module], Dict[s
 def run_bench(req: BenchRequest, gates: Optional["Gates"] = None) -> Dict[str, Any]:
     """Load, measure, and judge the gates (result["gates"]); raising for a missed gate is the caller's call,
     after it has shown the result."""
-    from ssmprune_cli.jobs import pick_device
+    from ssmprune_cli.runtime import pick_device
 
     req.settings.check()
     device = pick_device(req.settings.device)
@@ -340,10 +342,11 @@ def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: 
     eager = {n: m.to(device).eval() for n, m in models.items()}
     result: Dict[str, Any] = {"environment": environment(device, settings.dtype, settings.compile),
                               "settings": asdict(settings), "models": {}}
+    names = display_names(eager)
     for name, m in eager.items():
         fc = count_flops(m, seed=settings.seed)
         result["models"][name] = {
-            "source": labels.get(name, name), "params": sum(p.numel() for p in m.parameters()),
+            "name": names[name], "source": labels.get(name, name), "params": sum(p.numel() for p in m.parameters()),
             "flops": {"convention": fc.convention, "gmacs": fc.gmacs, "analytic_gmacs": fc.analytic_macs / 1e9,
                       "unsupported_ops": fc.unsupported},
             "tokens_per_block": [b["tokens"] for b in fc.blocks],
@@ -371,6 +374,15 @@ def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: 
     if "baseline" in result["models"]:
         result["comparison"] = compare(result["models"]["model"], result["models"]["baseline"])
     return result
+
+
+def display_names(models: Dict[str, nn.Module]) -> Dict[str, str]:
+    """What to call each model in tables: "pruned" and "dense" where that is what they are (a pruned model and
+    a dense baseline), else the roles "model" and "baseline"."""
+    kinds = {n: "pruned" if getattr(m, "spec", None) is not None else "dense" for n, m in models.items()}
+    if len(set(kinds.values())) == len(kinds):
+        return kinds
+    return {n: n for n in models}
 
 
 def _compiled(model: nn.Module, compile_: bool) -> nn.Module:
@@ -403,23 +415,22 @@ def compare(m: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _accuracy(models, result, val, limit, batch_size, device, settings) -> None:
-    from ssmprune_cli.data.images import find_images
-    from ssmprune_cli.jobs import predictions
+    from ssmprune_cli.data.images import validation_images
+    from ssmprune_cli.runtime import predictions, top1
 
-    images = find_images(val, limit=limit)
+    images = validation_images(val, limit)
     labels = torch.tensor(images.labels)
     labelled = bool(len(images)) and all(lbl >= 0 for lbl in images.labels)
     preds = {}
     for name, m in models.items():
         dtype = next(m.parameters()).dtype
-        with autocast(device, settings.dtype):
-            preds[name] = predictions(m, images, batch_size, device, dtype, f"top-1 of {name}")
+        with autocast(device, settings.dtype), progress_bar(f"top-1 of {name}", len(images)) as advance:
+            preds[name] = predictions(m, images, batch_size, device, dtype, advance)
         entry = result["models"][name]
         entry["val_images"] = len(images)
-        entry["top1"] = float((preds[name] == labels).float().mean()) * 100 if labelled else None
+        entry["top1"] = top1(preds[name], labels) if labelled else None  # exact: a count, not a float32 mean
     if "baseline" in preds:
-        result["models"]["model"]["predictions_agree"] = \
-            float((preds["model"] == preds["baseline"]).float().mean()) * 100
+        result["models"]["model"]["predictions_agree"] = top1(preds["model"], preds["baseline"])
 
 
 # ------------------------------------------------------------------------------------------------ gates
@@ -458,10 +469,11 @@ def evaluate_gates(result: Dict[str, Any], gates: Gates) -> List[Dict[str, Any]]
 
 # ------------------------------------------------------------------------------------------------ for people
 def render_bench(result: Dict[str, Any]) -> None:
-    """Rich tables on stderr: per model FLOPs, latency, throughput (median [IQR]); the ratios; gates."""
+    """The result for people, on stdout: per model FLOPs, latency, throughput (median [IQR], each in its
+    column's unit); the ratios; gates. How it was measured goes to stderr as notes."""
     from rich.table import Table
 
-    from .console import console, note
+    from .console import note, results
     from .env import describe
 
     table = Table(title="bench")
@@ -470,10 +482,9 @@ def render_bench(result: Dict[str, Any]) -> None:
     for name, m in result["models"].items():
         lat, thr = m["latency"], m["throughput"]
         top1 = "-" if m.get("top1") is None else f"{m['top1']:.2f}"
-        table.add_row(name, f"{m['flops']['gmacs']:.5g}", f"{m['params'] / 1e6:.2f}M",
-                      f"{lat['median_ms']:.3f} [{lat['iqr_ms']:.3f}]",
-                      f"{thr['images_per_s']:.1f} [{thr['iqr_ms']:.2f} ms]", top1)
-    console.print(table)
+        table.add_row(m.get("name", name), f"{m['flops']['gmacs']:.5g}", f"{m['params'] / 1e6:.2f}M",
+                      f"{lat['median_ms']:.3f} [{lat['iqr_ms']:.3f}]", throughput_cell(thr), top1)
+    results.print(table)
     s = result["settings"]
     modes = sorted({m[k].get("mode", "eager") for m in result["models"].values() for k in ("latency", "throughput")})
     note(f"batch {s['latency_batch']} latency, batch {s['batch']} throughput; median [IQR] of {s['repeats']} "
@@ -484,15 +495,24 @@ def render_bench(result: Dict[str, Any]) -> None:
                 f"{c['flops_ratio']:.3f} (ideal ×{c['ideal_speedup']:.3f}); {c['efficiency']:.1%} of ideal")
         if c.get("acc_drop") is not None:
             line += f"; top-1 drop {c['acc_drop']:+.2f} points"
-        console.print(line)
+        results.print(line)
     for name, m in result["models"].items():
         if "stages" in m:
-            _render_stages(name, m, console)
+            _render_stages(m.get("name", name), m, results)
     for g in result.get("gates", []):
         value = "-" if g["value"] is None else f"{g['value']:.4g}"
-        console.print(f"{g['gate']} {g['limit']:g} ({g['unit']}): {value} → "
+        results.print(f"gate {g['gate']} {g['limit']:g} ({g['unit']}): {value} → "
                       + ("[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"))
     note(describe(result["environment"]))
+
+
+def throughput_cell(thr: Dict[str, Any]) -> str:
+    """Images per second, median [IQR], both in images per second (results written before the IQR was kept in
+    img/s show it from the quartiles of the time)."""
+    iqr = thr.get("iqr_images_per_s")
+    if iqr is None:
+        iqr = thr["batch"] / (thr["q1_ms"] / 1e3) - thr["batch"] / (thr["q3_ms"] / 1e3)
+    return f"{thr['images_per_s']:.1f} [{iqr:.1f}]"
 
 
 def _render_stages(name: str, m: Dict[str, Any], console) -> None:

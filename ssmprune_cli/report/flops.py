@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from ssmprune_cli.ops.gather_conv import GATHER_CONV_OP, gather_conv_flop_jit
 
 CONVENTION = "GMACs (fvcore)"
-CONVENTION_NOTE = ("fvcore counts 1 multiply-add as 1; scan 9·B·L·E·N + 2·B·L·E per direction (DESIGN 3); norms, activations, elementwise ops and pruning "
-                   "bookkeeping not counted")
+CONVENTION_NOTE = ("fvcore counts 1 multiply-add as 1; the selective scan counts 9·B·L·E·N + 2·B·L·E per direction "
+                   "(the Mamba authors' convention); norms, activations, elementwise ops and pruning bookkeeping "
+                   "are not counted")
 SCAN_OP = "prim::PythonOp.TracedScan"
 
 # Ops the models run that carry no multiply-adds under this convention: recorded when seen, counted as zero.
@@ -60,22 +61,8 @@ def scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({"selective_scan": b * l * e * (9 * n + 2)})
 
 
-def kernel_scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
-    """Handle for a scan kernel's own autograd Function, should one be traced directly (the dispatcher wraps it
-    in `TracedScan`, so normally it is not). Same convention as `scan_flop_jit`."""
-    shapes = [tuple(s) for s in (_shape(v) for v in inputs) if s is not None]
-    b, e, l = shapes[0]
-    n = shapes[2][1]
-    return Counter({"selective_scan": b * l * e * (9 * n + 2)})
-
-
 def _shape(value: Any) -> Optional[Tuple[int, ...]]:
     return tuple(value.type().sizes()) if value.isCompleteTensor() else None
-
-
-def _present(value: Any) -> int:
-    shape = _shape(value)
-    return int(shape is not None and shape != (0,))
 
 
 # --------------------------------------------------------------------------------------------------- result
@@ -156,8 +143,6 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
     analysis = FlopCountAnalysis(model, (x,))
     analysis.set_op_handle(SCAN_OP, scan_flop_jit)
     analysis.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
-    for name in kernel_op_names():
-        analysis.set_op_handle(name, kernel_scan_flop_jit)
     for name in NOT_COUNTED:
         analysis.set_op_handle(name, _recorder(name, seen))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
@@ -199,17 +184,6 @@ def _recorder(name: str, seen: Counter) -> Callable[[List[Any], List[Any]], Coun
         seen[name] += 1
         return Counter()
     return handle
-
-
-def kernel_op_names() -> List[str]:
-    """Traced names of the Triton scan Functions, read from ssmprune_cli.kernels when it is already imported
-    or importable without a GPU launch (it imports triton, which imports fine on CPU)."""
-    try:
-        import ssmprune_cli.kernels as kernels
-    except ImportError:
-        return []
-    names = getattr(kernels, "SCAN_FUNCTION_NAMES", None) or [getattr(kernels, "SCAN_FUNCTION_NAME", None)]
-    return [f"prim::PythonOp.{n}" for n in names if n]
 
 
 class _quiet:
@@ -279,13 +253,14 @@ def analyze_flops(loaded) -> Dict[str, Any]:
 
 
 def render_flops(doc: Dict[str, Any]) -> None:
-    """Rich tables on stderr: totals, the ops not counted, per-block counts beside the analytic model."""
+    """`analyze`'s FLOPs for people, on stdout: totals, the ops not counted, per-block counts beside the analytic
+    model, and the convention as the table's caption."""
     from rich.table import Table
 
-    from .console import console, note
+    from .console import results
 
     fc = doc["model"]
-    head = Table(show_header=False, title=f"FLOPs, {fc['convention']}")
+    head = Table(show_header=False, title=f"FLOPs, {fc['convention']}", caption=fc["note"])
     head.add_column(style="bold")
     head.add_column()
     head.add_row("model", f"{fc['gmacs']:.5g}")
@@ -297,12 +272,11 @@ def render_flops(doc: Dict[str, Any]) -> None:
         head.add_row(f"  {op}", f"{v / 1e9:.5g}")
     head.add_row("not counted", ", ".join(k.split("::")[-1] for k in fc["not_counted"]) or "-")
     head.add_row("could not count", ", ".join(fc["unsupported"]) or "none")
-    console.print(head)
+    results.print(head)
     table = Table(title="GMACs per block")
     for col in ("block", "tokens", "fvcore", "analytic"):
         table.add_column(col, justify="right")
     for row in flops_table_rows(FlopCount(**{k: fc[k] for k in (
             "macs", "analytic_macs", "by_operator", "by_module", "blocks", "unsupported", "not_counted")})):
         table.add_row(*row)
-    console.print(table)
-    note(fc["note"])
+    results.print(table)

@@ -291,17 +291,33 @@ def _as_batch(core: nn.Module, images, max_images: int) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------- tokens chart
 def render_tokens_plot(rows: Sequence[Dict[str, Any]], path: Path, title: str = "tokens per block",
-                       size: Tuple[int, int] = (720, 320)) -> Path:
-    """Line chart of tokens entering each block: dense (grey) and pruned (blue), prune points marked.
-    `rows`: the report's tokens_per_block entries ({"block", "dense", "pruned"})."""
-    fig = tokens_figure(rows, title, size)
+                       size: Tuple[int, int] = (720, 320), points: Optional[Sequence[str]] = None) -> Path:
+    """Line chart of tokens entering each block: dense (grey) and pruned (blue), each prune point circled where
+    the count drops and labelled with its name as the report names it (`points`: the schedule's sites).
+    `rows`: the report's tokens_per_block entries ({"block", "site", "dense", "pruned"})."""
+    fig = tokens_figure(rows, title, size, points)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.save(path)
     return path
 
 
-def tokens_figure(rows: Sequence[Dict[str, Any]], title: str, size: Tuple[int, int] = (720, 320)) -> Image.Image:
+PRUNE_MARK = (200, 40, 40)
+
+
+def prune_marks(rows: Sequence[Dict[str, Any]], points: Optional[Sequence[str]] = None) -> List[Tuple[int, str]]:
+    """(row index of the prune point's block, label) for every prune point: the block named by the site
+    ("after block 2" is the row of block 2), so the drop is drawn between it and the next block. Without
+    `points`, every drop of the pruned count within a stage, labelled with that block's site."""
+    if points is not None:
+        sites = [r.get("site") for r in rows]
+        return [(sites.index(s), str(s)) for s in points if s in sites]
+    return [(i - 1, str(rows[i - 1].get("site", rows[i - 1]["block"]))) for i in range(1, len(rows))
+            if rows[i]["pruned"] < rows[i - 1]["pruned"] and rows[i]["dense"] == rows[i - 1]["dense"]]
+
+
+def tokens_figure(rows: Sequence[Dict[str, Any]], title: str, size: Tuple[int, int] = (720, 320),
+                  points: Optional[Sequence[str]] = None) -> Image.Image:
     W, H = size
     left, right, top, bottom = 56, 16, 28, 40
     fig = Image.new("RGB", (W, H), "white")
@@ -331,19 +347,28 @@ def tokens_figure(rows: Sequence[Dict[str, Any]], title: str, size: Tuple[int, i
     draw.text(((W - left) // 2 + left - 12, H - 14), "block", fill="black", font=font)
     for key, colour, width in (("dense", (150, 150, 150), 2), ("pruned", (40, 90, 200), 3)):
         pts = [px(i + 1, r[key]) for i, r in enumerate(rows)]
-        steps = [q for a, b in zip(pts[:-1], pts[1:]) for q in (a, (b[0], a[1]))] + pts[-1:]  # a step per block
+        # a step per block, the count changing halfway between two blocks, where a prune point acts
+        steps = [q for a, b in zip(pts[:-1], pts[1:])
+                 for q in (a, ((a[0] + b[0]) / 2, a[1]), ((a[0] + b[0]) / 2, b[1]))] + pts[-1:]
         if len(steps) > 1:
             draw.line(steps, fill=colour, width=width)
         for p in pts:
             draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
-    for i in range(1, n):  # prune points: where the pruned count drops within a stage
-        if rows[i]["pruned"] < rows[i - 1]["pruned"] and rows[i]["dense"] == rows[i - 1]["dense"]:
-            x, y = px(i + 1, rows[i]["pruned"])
-            draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=(200, 40, 40), width=2)
-    for k, (name, colour) in enumerate((("dense", (150, 150, 150)), ("pruned", (40, 90, 200)))):  # legend
-        lx = W - right - 170 + 85 * k
+    for i, label in prune_marks(rows, points):  # each prune point: the drop after its block, with its name
+        if i + 1 >= n:
+            continue
+        x = (px(i + 1, 0)[0] + px(i + 2, 0)[0]) / 2
+        y = px(1, (rows[i]["pruned"] + rows[i + 1]["pruned"]) / 2)[1]
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=PRUNE_MARK, width=2)
+        draw.text((x + 8, y - 14), label, fill=PRUNE_MARK, font=font)
+    legend = (("dense", (150, 150, 150)), ("pruned", (40, 90, 200)))
+    for k, (name, colour) in enumerate(legend):
+        lx = W - right - 260 + 85 * k
         draw.line([(lx, 12), (lx + 24, 12)], fill=colour, width=3)
         draw.text((lx + 30, 6), name, fill="black", font=font)
+    lx = W - right - 90
+    draw.ellipse([lx + 6, 6, lx + 18, 18], outline=PRUNE_MARK, width=2)
+    draw.text((lx + 24, 6), "prune point", fill="black", font=font)
     return fig
 
 
@@ -380,7 +405,7 @@ def calib_importance(model: nn.Module, calib_dir: Path, images: int = 64, batch_
 def render_importance_stats(doc: Dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .console import console
+    from .console import results
 
     table = Table(title=f"token importance ({doc['score']} score, {doc['images']} images)")
     for col in ("site", "tokens", "mean", "cv", "top 25% mass", "top 50% mass", "rank corr. next"):
@@ -389,4 +414,4 @@ def render_importance_stats(doc: Dict[str, Any]) -> None:
         corr = "-" if r["rank_corr_next"] is None else f"{r['rank_corr_next']:.3f}"
         table.add_row(r["site"], str(r["tokens"]), f"{r['mean']:.4g}", f"{r['cv']:.3f}", f"{r['top25_mass']:.1%}",
                       f"{r['top50_mass']:.1%}", corr)
-    console.print(table)
+    results.print(table)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 import ssmprune_cli
 from ssmprune_cli.pruning.plan import PruningSpec, dense_macs, schedule_macs, tokens_per_block
 
+from .bench import throughput_cell
 from .env import describe, environment
 from .flops import CONVENTION, CONVENTION_NOTE, count_flops
 
@@ -146,7 +147,7 @@ def _gmacs(counts: Dict[str, int]) -> Dict[str, float]:
 
 def speed_section(bench: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of a bench result a report keeps: settings, per-model latency/throughput, the comparison."""
-    keep = ("latency", "throughput", "flops", "top1")
+    keep = ("name", "latency", "throughput", "flops", "top1")
     return {"settings": bench["settings"], "comparison": bench.get("comparison"),
             "models": {n: {k: m[k] for k in keep if k in m} for n, m in bench["models"].items()}}
 
@@ -207,8 +208,8 @@ def speed_markdown(speed: Dict[str, Any], env: Optional[Dict[str, Any]] = None) 
               "|---|---|---|"]
     for name, m in speed["models"].items():
         lat, thr = m["latency"], m["throughput"]
-        lines.append(f"| {name} | {lat['median_ms']:.3f} [{lat['iqr_ms']:.3f}] | "
-                     f"{thr['images_per_s']:.1f} [{thr['iqr_ms']:.2f} ms] |")
+        lines.append(f"| {m.get('name', name)} | {lat['median_ms']:.3f} [{lat['iqr_ms']:.3f}] | "
+                     f"{throughput_cell(thr)} |")
     c = speed.get("comparison")
     if c:
         lines += ["", f"Throughput speedup {c['throughput_speedup']:.3f}× (latency {c['latency_speedup']:.3f}×) "

@@ -8,11 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 import ssmprune_cli
-from ssmprune_cli import cli
+from ssmprune_cli import cli, schemas
 from ssmprune_cli.assets import demo_checkpoint
 from ssmprune_cli.data.images import find_images
 from ssmprune_cli.io.safetensors_io import save_model
-from ssmprune_cli.jobs import predictions
+from ssmprune_cli.runtime import predictions
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 
@@ -37,6 +37,8 @@ def test_prune_demo_json(demo_out):
     result, out = demo_out
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)  # one JSON document, alone on stdout
+    assert json.loads((out / "report.json").read_text()) == report
+    assert schemas.first_problem(report, schemas.load_schema("report")) is None  # docs/schemas/report.schema.json
     assert report["source"]["family"] == "vim"
     assert report["flops"]["convention"] == "GMACs (fvcore)"
     assert 0.4 <= report["flops"]["reduction"] < 0.45
@@ -108,6 +110,7 @@ def test_prune_bench_speed_in_report_and_gate(tmp_path):
               "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
     assert res.exit_code == 3, res.stderr  # no model gets 1000x faster: the gate fails on purpose
     report = json.loads(res.stdout)
+    assert schemas.first_problem(report, schemas.load_schema("report")) is None  # with speed and gates
     comp = report["speed"]["comparison"]
     assert comp["ideal_speedup"] == pytest.approx(1 / (1 - report["flops"]["reduction"]))
     assert comp["throughput_speedup"] > 0 and report["speed"]["settings"]["batch"] == 4
@@ -151,13 +154,12 @@ def test_every_command_evaluates_the_same_images(small_pruned, cifar_test_dir, t
     assert acc["images"] == ev["images"] == ft["images"] == bn["model"]["val_images"] == 30
     assert acc["top1"] == ev["top1"] == ft["top1_before"]
     assert acc["baseline_top1"] == ev["baseline_top1"]
-    # bench averages in float32 (6.666667014 for 2 of 30): equal to one part in a million = the same count
-    assert bn["model"]["top1"] == pytest.approx(acc["top1"], rel=1e-6)
-    assert bn["baseline"]["top1"] == pytest.approx(acc["baseline_top1"], rel=1e-6)
+    # every command counts correct images exactly (2 of 30 is 6.666..., never a float32 mean's 6.666667014)
+    assert bn["model"]["top1"] == acc["top1"] and bn["baseline"]["top1"] == acc["baseline_top1"]
     # the check has teeth: on the subsets seeds 1 and 2 would draw, this model scores differently
     for seed in (1, 2):
         drawn = find_images(cifar_test_dir, limit=30, seed=seed)
-        pred = predictions(ssmprune_cli.load(model), drawn, 30, torch.device("cpu"), torch.float32, "")
+        pred = predictions(ssmprune_cli.load(model), drawn, 30, torch.device("cpu"), torch.float32)
         assert 100 * int((pred == torch.tensor(drawn.labels)).sum()) / 30 != acc["top1"]
 
 

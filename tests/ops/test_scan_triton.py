@@ -10,6 +10,7 @@ import pytest
 import torch
 from _scan_inputs import NAMES, grads, leaves, make_inputs, rel
 
+from ssmprune_cli.errors import BadInputError
 from ssmprune_cli.kernels import SCAN_FUNCTION_NAME, SelectiveScanFn, selective_scan_triton
 from ssmprune_cli.kernels import selective_scan_fn as fn_mod
 from ssmprune_cli.ops import aligned_scan, aligned_scan_ref, selective_scan, selective_scan_ref
@@ -203,9 +204,12 @@ def test_dispatch_and_float64_fallback():
     args = make_inputs(1, 4, 3, 6, device=DEVICE)
     ref = selective_scan_ref(*leaves(args, torch.float64, "cpu"))
     assert rel(selective_scan(*args, backend="triton"), ref) < 1e-5
-    # float64 keeps float64 precision: it goes to the PyTorch reference, not the float32 kernel
-    out64 = selective_scan_triton(*leaves(args, torch.float64))
+    # float64 keeps float64 precision: the dispatcher sends it to the PyTorch reference, not the float32 kernel,
+    # and the kernel itself refuses it
+    out64 = selective_scan(*leaves(args, torch.float64), backend="triton")
     assert out64.dtype == torch.float64 and rel(out64, ref) < 1e-12
+    with pytest.raises(BadInputError, match="float32"):
+        selective_scan_triton(*leaves(args, torch.float64))
 
 
 def test_exported_name_is_the_function_class():

@@ -12,13 +12,15 @@ import torch
 import yaml
 
 import ssmprune_cli
+from ssmprune_cli import schemas
 from _delta_reference import reference_delta_hat
 from ssmprune_cli.data.images import find_images, load_image
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.jobs import PruneRequest, run_prune
 from ssmprune_cli.jobs import prune as prune_job
-from ssmprune_cli.jobs.prune import calibration_sets, make_points, policy_candidates
+from ssmprune_cli.jobs.prune import calibration_sets
+from ssmprune_cli.pruning.schedule import make_points, policy_candidates
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec, dense_macs, schedule_macs
@@ -179,6 +181,7 @@ def test_auto_scores_match_an_independent_measurement(cifar_test_dir, tmp_path, 
     report = run_prune(_request(ckpt, out, ratio=0.4, calib=cifar_test_dir, auto=True, calib_images=12,
                                 recipe=recipe))
     a = report["auto"]
+    assert schemas.first_problem(report, schemas.load_schema("report")) is None  # with the --auto section
     assert report["calibration"]["images"] == 12 and report["calibration"]["holdout_images"] == 48
     assert [(c["conv_fill"], c["delta_fill"]) for c in a["candidates"]] == [
         ("hold", "calib"), ("zero", "zero"), ("zero", "calib"), ("hold", "zero")]

@@ -1,18 +1,22 @@
-"""Pieces every job shares: the device choice and batched predictions over an image set."""
+"""Where and how models run over images, below the jobs and the reports that both need it: the device choice,
+batches of preprocessed images, and batched top-1 predictions (replayed from a CUDA graph on one GPU).
+
+No printing here: a caller that wants a progress bar passes `progress`, a callable advanced by the images done.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
 from ssmprune_cli.data.images import ImageSet, iter_batches, model_input_spec
 from ssmprune_cli.errors import BadInputError
-from ssmprune_cli.report.progress import progress_bar
 
 
 def pick_device(device: Optional[str]) -> torch.device:
+    """`None` / "auto": CUDA when available, else the CPU; otherwise the device named (cpu, cuda, cuda:N)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -24,25 +28,26 @@ def pick_device(device: Optional[str]) -> torch.device:
     return dev
 
 
-
-def _batches(model, images: ImageSet, batch_size: int, device, dtype):
+def model_batches(model: nn.Module, images: ImageSet, batch_size: int, device, dtype) -> Iterator[torch.Tensor]:
+    """The images as `model` takes them (its input size, mean and std), in batches, in file order."""
     size, mean, std = model_input_spec(model)
     for x, _ in iter_batches(images, batch_size, size, mean, std, device=device, dtype=dtype):
         yield x
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dtype, what: str) -> torch.Tensor:
+def predictions(model: nn.Module, images: ImageSet, batch_size: int, device, dtype,
+                progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Top-1 class of every image. On CUDA, full batches replay the model from a CUDA graph (captured at the
     first one; a model that cannot be captured runs eagerly), so small models are not held back by launches."""
     preds = []
     run = None
-    with progress_bar(what, len(images)) as advance:
-        for x in _batches(model, images, batch_size, device, dtype):
-            if run is None:
-                run = _runner(model, x)
-            preds.append(run(x).argmax(dim=-1).cpu())
-            advance(x.shape[0])
+    for x in model_batches(model, images, batch_size, device, dtype):
+        if run is None:
+            run = _runner(model, x)
+        preds.append(run(x).argmax(dim=-1).cpu())
+        if progress is not None:
+            progress(x.shape[0])
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
