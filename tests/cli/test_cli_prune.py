@@ -104,6 +104,7 @@ def test_model_config_file_sets_what_shapes_cannot_tell(tmp_path):
     assert res.exit_code == 2 and "colour" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_prune_bench_speed_in_report_and_gate(tmp_path):
     out = tmp_path / "b"
     res = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--bench", "--bench-batch", "4",

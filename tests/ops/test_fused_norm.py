@@ -202,6 +202,7 @@ def check(kind, tensors, res_dtype, out_dtype=None, use_residual_grad=True):
             assert_matches(m.grad, r.grad, m.dtype, "d" + name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,res,bias,gate,dtype", list(itertools.product(
     ["rms", "layer"], list(RES_MODES), [False, True], [False, True], [torch.float32, torch.bfloat16])))
 def test_kernels_every_option(kind, res, bias, gate, dtype, small_tiles):
@@ -209,6 +210,7 @@ def test_kernels_every_option(kind, res, bias, gate, dtype, small_tiles):
     check(kind, tensors, res_dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("D", [8, 24, 40])
 @pytest.mark.parametrize("kind", ["rms", "layer"])
 def test_kernels_default_launch(kind, D):
@@ -216,6 +218,7 @@ def test_kernels_default_launch(kind, D):
     check(kind, tensors, res_dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,res,gate", [("rms", "fp32", False), ("layer", "x_dtype", True), ("layer", None, True),
                                            ("rms", "start", False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -228,6 +231,7 @@ def test_kernels_strided_rows(kind, res, gate, dtype, small_tiles):
     check(kind, tensors, res_dtype)
 
 
+@pytest.mark.slow
 def test_kernels_any_layout(small_tiles):
     """Leading dims that do not merge into one row stride, and a gate whose last dim is strided: copied once."""
     D = 24
@@ -238,11 +242,13 @@ def test_kernels_any_layout(small_tiles):
     check("layer", [x, r, (1.0 + 0.3 * torch.randn(D)).to(DEVICE), torch.randn(D, device=DEVICE), g], None)
 
 
+@pytest.mark.slow
 def test_kernels_unused_residual_output_and_out_dtype(small_tiles):
     tensors, res_dtype = case_inputs("rms", "fp32", False, False, torch.bfloat16, lead=(12,), D=8)
     check("rms", tensors, res_dtype, out_dtype=torch.float32, use_residual_grad=False)
 
 
+@pytest.mark.slow
 def test_kernels_only_the_residual_output_used():
     x, r = rows_of((3, 8), 8, torch.bfloat16).requires_grad_(), rows_of((3, 8), 8, torch.float32).requires_grad_()
     w = torch.ones(8, device=DEVICE, requires_grad=True)
@@ -252,6 +258,7 @@ def test_kernels_only_the_residual_output_used():
     assert torch.equal(x.grad, dres.to(torch.bfloat16)) and torch.equal(r.grad, dres) and w.grad is None
 
 
+@pytest.mark.slow
 def test_kernels_frozen_inputs_only_weight_grads(small_tiles):
     tensors, res_dtype = case_inputs("layer", "fp32", True, True, torch.float32, lead=(12,), D=24)
     x, r, _, _, g = tensors
@@ -265,6 +272,7 @@ def test_kernels_frozen_inputs_only_weight_grads(small_tiles):
     assert rel(dw, want_dw) < 1e-5 and rel(db, want_db) < 1e-5
 
 
+@pytest.mark.slow
 def test_kernels_inference_path_matches_training_path():
     tensors, res_dtype = case_inputs("layer", "fp32", True, True, torch.float32, lead=(2, 5), D=40)
     with torch.no_grad():
@@ -275,6 +283,7 @@ def test_kernels_inference_path_matches_training_path():
     assert rel(plain[0], trained[0]) < 1e-6 and torch.equal(plain[1], trained[1])
 
 
+@pytest.mark.slow
 def test_kernels_residual_output_convention():
     x = rows_of((4,), 24, torch.bfloat16)
     w = torch.ones(24, device=DEVICE)
@@ -286,6 +295,7 @@ def test_kernels_residual_output_convention():
     assert res.dtype == torch.float32 and torch.equal(res, x.float() * 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lead", [(), (0,), (2, 0, 3)])
 def test_kernels_single_and_empty_rows(lead):
     tensors, res_dtype = case_inputs("layer", "fp32", True, True, torch.float32, lead=lead, D=8)

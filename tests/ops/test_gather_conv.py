@@ -190,11 +190,13 @@ def check_kernel(name, dtype, silu=True, with_bias=True, index_dtype=torch.int64
     assert not mine[0].grad[..., C:].any()  # the columns past the slice get nothing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", KERNEL_CASES)
 def test_kernel_float32(name):
     check_kernel(name, torch.float32, silu="dense" not in name)  # dense cases: the gradient is dout itself
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,silu,with_bias,index_dtype", [
     ("causal1d_hold", False, False, torch.int32),
     ("causal1d_flip_hold", True, True, torch.int32),
@@ -204,6 +206,7 @@ def test_kernel_float32_small_blocks(name, silu, with_bias, index_dtype, small_b
     check_kernel(name, torch.float32, silu, with_bias, index_dtype, C=13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["causal1d_flip_hold", "packed", "grid3x3_hold", "grid3x3_zero_all_positions",
                                   "grid7x7_zero_subset"])
 def test_kernel_bfloat16(name):
@@ -211,6 +214,7 @@ def test_kernel_bfloat16(name):
     check_kernel(name, torch.bfloat16, index_dtype=torch.int32, C=16)
 
 
+@pytest.mark.slow
 def test_kernel_any_strides():
     # x with a non-unit channel stride, weight as a permuted view, keep and src as strided column slices
     b, C, grid = 2, 6, (4, 5)
@@ -236,6 +240,7 @@ def test_dense_equals_cudnn_style_conv():
         assert rel(out, expect.flatten(2).transpose(1, 2)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("need", ["x", "weight"])
 def test_kernel_partial_gradients(need):
     # a frozen conv (dx only: dpre stored, no dweight) and a frozen input (dweight only: dpre recomputed, unstored)
@@ -262,6 +267,7 @@ def test_no_outputs():
 
 
 # ----------------------------------------------------------------------------------------------- models' maps
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["hold", "zero"])
 def test_serves_vims_two_directions(fill):
     """What Vim computes today (scatter by the fill, causal conv in scan order, read back at the kept steps)

@@ -15,6 +15,8 @@ from ssmprune_cli.kernels import SCAN_FUNCTION_NAME, SelectiveScanFn, selective_
 from ssmprune_cli.kernels import selective_scan_fn as fn_mod
 from ssmprune_cli.ops import aligned_scan, aligned_scan_ref, selective_scan, selective_scan_ref
 
+pytestmark = pytest.mark.slow  # every test runs a kernel under the Triton interpreter
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-2, 1e-2)}  # (output, gradients) relative to float64
 

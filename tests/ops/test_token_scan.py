@@ -136,6 +136,7 @@ EXTRAS = [dict(), dict(acc=True, scale=0.5), dict(D=False, z=False, bias=False, 
           dict(B_bias="shared", strided=True), dict(B_bias="batch", acc=True, strided=True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,extras", list(itertools.product(range(len(CASES)), range(len(EXTRAS)))))
 def test_triton_forward_matches_reference(case, extras):
     kw = _case(**CASES[case], **EXTRAS[extras], T=15, seed=case * 10 + extras)
@@ -145,6 +146,7 @@ def test_triton_forward_matches_reference(case, extras):
     assert rel(out, want) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("N", [1, 5])
 def test_triton_forward_small_state(N):
     """GroupMamba scans one state; other sizes are padded to a power of two."""
@@ -160,6 +162,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_one_state_kernel_across_tiles(case, small_tiles):
     """d_state = 1 runs a parallel prefix per tile of steps and carries the state across tiles: 29 steps over
@@ -169,6 +172,7 @@ def test_one_state_kernel_across_tiles(case, small_tiles):
     assert rel(out, _loop_of(kw)) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_log_form_matches():
     """With a_is_log the op takes the parameter A_log (A = -exp(A_log)); the kernel caches its copy of it."""
     kw = _case(idx="perm", seed=7)
@@ -185,6 +189,7 @@ def test_a_log_form_matches():
     assert rel(token_scan(**_on_device(dict(kw_log, A=A_log)), a_is_log=True, backend="triton"), _loop_of(kw2)) < 1e-5
 
 
+@pytest.mark.slow
 def test_triton_forward_bf16_and_several_channel_blocks():
     kw = _case(E=70, dtype=torch.bfloat16, acc=True, z=True, reverse=True, seed=3)
     out = token_scan(**_on_device(kw), backend="triton")

@@ -21,6 +21,8 @@ from ssmprune_cli.pruning.plan import PrunePoint, PruningSpec
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 from ssmprune_cli.train.finetune import TrainConfig, loss_fn, lr_at, train
 
+pytestmark = pytest.mark.slow  # training steps, torchrun processes
+
 
 def _kl(student, teacher, x):
     with torch.no_grad():
