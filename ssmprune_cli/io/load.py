@@ -115,17 +115,43 @@ def _load_described(path: Path, tensors: Dict[str, Tensor], doc: Mapping[str, An
     fam = get_family(doc["family"])
     _check_overrides(fam, overrides)
     config = _as_json({**doc["config"], **overrides})
-    dense = fam.build(config_from_dict(fam.config_cls, config))
-    model = dense
-    if doc.get("pruning") is not None:
-        # Imported here: plain dense files must load without the pruning engine.
-        from ssmprune_cli.pruning.pruned_model import rebuild
+    try:
+        cfg = config_from_dict(fam.config_cls, config)
+        _check_size(path, fam, cfg, tensors)
+        dense = fam.build(cfg)
+        model = dense
+        if doc.get("pruning") is not None:
+            # Imported here: plain dense files must load without the pruning engine.
+            from ssmprune_cli.pruning.pruned_model import rebuild
 
-        model = rebuild(dense, doc["pruning"])
+            model = rebuild(dense, doc["pruning"])
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
+            OverflowError, MemoryError, BadInputError) as exc:
+        # A description that no ssmprune wrote (edited, damaged or made up): its fields do not build a model.
+        raise CheckpointError(f"{path}: its stored description does not build a {fam.name} model "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
     load_strict(dense, tensors, str(path))  # the pruned wrapper owns no tensors: keys are the dense model's
     variant = doc.get("variant") or match_variant(fam.name, config)
     return LoadedCheckpoint(model.eval(), fam.name, variant, config, path, pruning=doc.get("pruning"),
                             weights="ssmprune", dense=dense, nonfinite=check_finite(path, tensors))
+
+
+def _check_size(path: Path, fam: Family, cfg: Any, tensors: Mapping[str, Tensor]) -> None:
+    """Refuse a description that builds a model far larger than the weights stored with it, before building it
+    for real (a made-up `embed_dim: 100000` must not allocate gigabytes): the model is first built without
+    memory (meta tensors) to count its elements."""
+    try:
+        with torch.device("meta"):
+            probe = fam.build(cfg)
+    except (RuntimeError, NotImplementedError):
+        return  # an initialiser meta tensors cannot run: the strict load after the build still checks shapes
+    need = sum(t.numel() for t in probe.state_dict().values())
+    have = sum(t.numel() for t in tensors.values())
+    if need > 2 * have + 2**20:  # room for a resized position embedding (--img-size), nothing like a new model
+        raise CheckpointError(f"{path}: its description builds a model of {need:,} values but the file holds "
+                              f"{have:,}; the description does not belong to these weights")
 
 
 def nonfinite_weights(sd: Mapping[str, Tensor]) -> Dict[str, int]:
