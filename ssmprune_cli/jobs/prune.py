@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,7 +12,7 @@ import yaml
 
 from ssmprune_cli.data.images import ImageSet, across_classes, find_images, validation_images
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
-from ssmprune_cli.io.atomic import check_not_input
+from ssmprune_cli.io.atomic import atomic_dir, check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
@@ -228,9 +226,7 @@ def auto_policy(model, spec: PruningSpec, prune, auto, hold_set: Optional[ImageS
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
                   recipe: Dict[str, Any], report: Dict[str, Any], cal_set: Optional[ImageSet] = None) -> None:
     """Everything goes to a temporary folder beside OUT, then one rename: no partial output."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_model(pruned.model, tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
                    pruning=spec.to_dict(), protect=[req.checkpoint])
         resolved = dict(recipe)
@@ -244,14 +240,3 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
                            points=[s["site"] for s in report["schedule"]])
         if cal_set is not None and len(cal_set):
             render_importance(pruned, across_classes(cal_set, 4).paths, tmp / "importance.png")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
