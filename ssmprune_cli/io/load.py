@@ -86,6 +86,11 @@ def load_model(path, **kwargs: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- two sources
+# What a family's config inference and constructor raise on values no release has (tests/fuzz/ finds them).
+_UNBUILDABLE = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
+                OverflowError, MemoryError)
+
+
 def _load_foreign(path: Path, sd: Dict[str, Tensor], weights: str, family: Optional[str],
                   overrides: Dict[str, Any]) -> LoadedCheckpoint:
     """Official (or any non-ssmprune) weights: infer the config from tensor shapes."""
@@ -93,10 +98,15 @@ def _load_foreign(path: Path, sd: Dict[str, Tensor], weights: str, family: Optio
     _check_overrides(fam, overrides)
     try:
         cfg = fam.config_from_state_dict(sd, **overrides)
-    except (KeyError, ValueError, IndexError) as exc:
+        _check_size(path, fam, cfg, sd)
+        model = fam.build(cfg)
+    except BadInputError:
+        raise
+    except _UNBUILDABLE as exc:
+        # Shapes no release has (damaged or foreign weights): they imply no model this family can build.
         raise CheckpointError(f"cannot infer a {fam.name} configuration from {path}: "
-                              f"{type(exc).__name__} {exc}") from None
-    model = load_strict(fam.build(cfg), sd, f"{path} ({weights} weights)")
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+    model = load_strict(model, sd, f"{path} ({weights} weights)")
     config = _as_json(dataclasses.asdict(cfg))
     if "mean" not in overrides and "std" not in overrides and \
             (config.get("mean"), config.get("std")) == IMAGENET_MEAN_STD:
@@ -127,8 +137,7 @@ def _load_described(path: Path, tensors: Dict[str, Tensor], doc: Mapping[str, An
             model = rebuild(dense, doc["pruning"])
     except CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
-            OverflowError, MemoryError, BadInputError) as exc:
+    except _UNBUILDABLE + (BadInputError,) as exc:
         # A description that no ssmprune wrote (edited, damaged or made up): its fields do not build a model.
         raise CheckpointError(f"{path}: its stored description does not build a {fam.name} model "
                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None

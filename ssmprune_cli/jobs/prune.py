@@ -17,9 +17,9 @@ from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.plan import PruningSpec, resolve_fills
+from ssmprune_cli.pruning.plan import PruningSpec
 from ssmprune_cli.pruning.pruned_model import PrunedModel
-from ssmprune_cli.pruning.schedule import choose_policy, make_points, policy_candidates
+from ssmprune_cli.pruning.schedule import choose_policy, plan_from_recipe, policy_candidates
 from ssmprune_cli.report.gates import gate_row
 from ssmprune_cli.report.jsondoc import dumps
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
@@ -126,12 +126,9 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     prune, calib, auto = recipe["prune"], recipe["calib"], recipe["auto"]
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)
-    points = make_points(model, prune)
-    conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
-    if prune["score"] not in ("clip", "l1", "l2", "noclip", "random"):
-        raise RecipeError(f"unknown score {prune['score']!r}; choose clip, l1, l2, noclip or random")
+    spec = plan_from_recipe(model, recipe)
     dtype = next(model.parameters()).dtype
-    needs_data = delta_fill == "calib" or auto.get("enabled")
+    needs_data = spec.delta_fill == "calib" or auto.get("enabled")
     cal_set = hold_set = None
     delta_hat = None
     if needs_data:
@@ -144,8 +141,6 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
             delta_hat = measure_delta_hat(model, model_batches(model, cal_set, bs, device, dtype), advance)
-    spec = PruningSpec(points, score=prune["score"], align=prune["align"], conv_fill=conv_fill,
-                       delta_fill=delta_fill, seed=seed)
     auto_result = None
     if auto.get("enabled"):
         spec, auto_result = auto_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,

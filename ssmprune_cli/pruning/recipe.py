@@ -6,23 +6,32 @@ Lookup: `recipes/<variant>.yaml` when the checkpoint matches a published variant
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from ssmprune_cli.errors import RecipeError
+
+class ListOf:
+    """A list whose items are all of `types` (YAML reads `at: [2, 5]` as integers, `at: ["1.2"]` as strings)."""
+
+    def __init__(self, *types: type):
+        self.types = types
+        self.__name__ = "a list of " + " or ".join(t.__name__ for t in types)
+
 
 SCHEMA: Dict[str, Any] = {
     "model": str,
     "note": str,
     "seed": int,
     "prune": {
-        "at": list,
-        "at_fraction": list,
-        "stage": (int, list),
-        "keep": list,
+        "at": ListOf(str, int),
+        "at_fraction": ListOf(float),
+        "stage": (int, ListOf(int)),
+        "keep": ListOf(float),
         "ratio": float,
         "split": str,
         "score": str,
@@ -31,8 +40,11 @@ SCHEMA: Dict[str, Any] = {
         "delta_fill": str,
     },
     "calib": {"images": int, "batch_size": int, "holdout": int},
-    "auto": {"enabled": bool, "conv_fill": list, "delta_fill": list, "split": list},
+    "auto": {"enabled": bool, "conv_fill": ListOf(str), "delta_fill": ListOf(str), "split": ListOf(str)},
 }
+# Inclusive bounds of integer fields (None: unbounded); a seed must fit the 64-bit generators it seeds.
+RANGES: Dict[str, Tuple[int, Optional[int]]] = {"seed": (0, 2**63 - 1), "calib.images": (1, None),
+                                                 "calib.batch_size": (1, None), "calib.holdout": (0, None)}
 
 DEFAULTS: Dict[str, Any] = {
     "seed": 0,
@@ -63,12 +75,30 @@ def _check(node: Dict[str, Any], schema: Dict[str, Any], source: str, path: str)
                 raise RecipeError(f"{source}: '{where}' must be a mapping")
             _check(value, expected, source, where + ".")
         elif value is not None:
-            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            if not ok:
-                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
-                raise RecipeError(f"{source}: '{where}' must be {names}, got {value!r}")
+            kinds = expected if isinstance(expected, tuple) else (expected,)
+            if not any(_is(value, kind) for kind in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise RecipeError(f"{source}: '{where}' must be {names}, got {_show(value)}")
+            low, high = RANGES.get(where, (None, None))
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+                raise RecipeError(f"{source}: '{where}' must be {bounds}, got {value!r}")
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """YAML typing as users mean it: an int is a float, a bool is neither, a float must be finite."""
+    if isinstance(kind, ListOf):
+        return isinstance(value, list) and all(any(_is(v, k) for k in kind.types) for v in value)
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -84,13 +114,17 @@ def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
 def read_recipe(path) -> Dict[str, Any]:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise RecipeError(f"cannot read recipe {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {p} nests too deeply to be a recipe") from None
     return validate(data, str(p))
 
 

@@ -17,8 +17,22 @@ from ssmprune_cli.errors import RecipeError
 
 from . import policy
 from . import recipe as recipes
-from .plan import PrunePoint, PruningSpec, is_two_d, keep_from_rates, schedule_macs, solve_ratio, validate_points
+from .importance import SCORES
+from .plan import (PrunePoint, PruningSpec, is_two_d, keep_from_rates, resolve_fills, schedule_macs, solve_ratio,
+                   validate_points)
 from .pruned_model import PrunedModel
+
+
+def plan_from_recipe(model, recipe: Dict[str, Any]) -> PruningSpec:
+    """The pruning spec a resolved recipe asks for (points, score, fills, seed), or RecipeError saying why
+    there is none: everything `prune` decides from the recipe before it sees an image."""
+    prune = recipe["prune"]
+    points = make_points(model, prune)
+    conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
+    if prune["score"] not in SCORES:
+        raise RecipeError(f"unknown score {prune['score']!r}; choose {', '.join(SCORES)}")
+    return PruningSpec(points, score=prune["score"], align=prune["align"], conv_fill=conv_fill,
+                       delta_fill=delta_fill, seed=int(recipe.get("seed", 0)))
 
 
 def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> List[PrunePoint]:
