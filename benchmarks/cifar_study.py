@@ -38,7 +38,7 @@ from ssmprune_cli.pruning.plan import (  # noqa: E402
     schedule_macs,
     solve_ratio,
 )
-from ssmprune_cli.jobs.prune import make_points  # noqa: E402
+from ssmprune_cli.pruning.schedule import make_points  # noqa: E402
 from ssmprune_cli.pruning import recipe as recipes  # noqa: E402
 from ssmprune_cli.pruning.pruned_model import PrunedModel  # noqa: E402
 from ssmprune_cli.train.finetune import TrainConfig, accuracy, train  # noqa: E402

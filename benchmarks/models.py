@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssmprune_cli.jobs.prune import make_points  # noqa: E402
+from ssmprune_cli.pruning.schedule import make_points  # noqa: E402
 from ssmprune_cli.models import create_model, model_family  # noqa: E402
 from ssmprune_cli.pruning import recipe as recipes  # noqa: E402
 from ssmprune_cli.pruning.plan import PruningSpec  # noqa: E402

@@ -15,6 +15,7 @@ import yaml
 
 from ssmprune_cli.errors import RecipeError
 
+
 class ListOf:
     """A list whose items are all of `types` (YAML reads `at: [2, 5]` as integers, `at: ["1.2"]` as strings)."""
 

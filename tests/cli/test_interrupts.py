@@ -23,8 +23,10 @@ from ssmprune_cli.train import finetune as train_mod
 REPO = Path(__file__).resolve().parents[2]
 
 # Wraps one function of the package so that its `at`-th call sends SIGINT to the process, then runs the CLI.
+# Python's own Ctrl-C handler first: a process started in the background by a shell inherits SIGINT ignored.
 WRAPPER = """
 import os, signal, sys, importlib
+signal.signal(signal.SIGINT, signal.default_int_handler)
 module = importlib.import_module({module!r})
 original = getattr(module, {name!r})
 calls = [0]
@@ -142,11 +144,12 @@ def test_sigint_during_the_final_swap_is_held_until_the_output_is_complete(tmp_p
         real_swap(tmp, target)
 
     monkeypatch.setattr(atomic, "_swap", interrupted_swap)
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match="after the output was complete"):
         with atomic.atomic_dir(out) as tmp:
             (tmp / "new.txt").write_text("new output")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["new.txt"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C does what it did before
 
 
 def test_an_error_while_writing_a_folder_leaves_the_earlier_one(tmp_path):
