@@ -39,7 +39,7 @@ class _Seam(typer.core.TyperGroup):
             error(_one_line(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            error("interrupted")
+            error("interrupted; no output was written")  # jobs write through temporary names, renamed at the end
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):

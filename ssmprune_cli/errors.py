@@ -2,7 +2,8 @@
 
 Exit codes (documented in docs/cli.md):
     0 ok, 1 internal error (a bug: please report), 2 bad input, 3 quality gate failed,
-    4 refused to unpickle an untrusted checkpoint, 130 interrupted.
+    4 refused to unpickle an untrusted checkpoint, 130 interrupted. Every class below, its messages and how to
+    fix each: docs/errors.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class QualityGateError(SsmpruneError):
     """A CI gate (--max-flops, --min-speedup, --max-acc-drop) was missed on purpose."""
 
     exit_code = 3
+
+
+class Interrupted(SsmpruneError):
+    """Ctrl-C (SIGINT): the run stopped; nothing half-written was left, and the message says what was kept."""
+
+    exit_code = 130
 
 
 class UnsafeCheckpointError(SsmpruneError):

@@ -14,6 +14,7 @@ with a seed, `find_images` draws a seeded random subset (calibration and trainin
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from ssmprune_cli.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 CROP_PCT = 0.875
+
+log = logging.getLogger("ssmprune.data")
+_told: set = set()  # folders whose skipped files were already reported in this process (--calib and --val alike)
 
 
 @dataclass
@@ -62,20 +66,27 @@ def find_images(root, limit: Optional[int] = None, seed: Optional[int] = None) -
     paths: List[Path] = []
     labels: List[int] = []
     classes: List[str] = []
+    skipped: List[Path] = []
     if class_dirs:
         classes = [d.name for d in class_dirs]
+        files = [(-2, p) for p in sorted(root.iterdir()) if not p.is_dir()]  # beside the class folders: unused
         for i, d in enumerate(class_dirs):
-            for p in sorted(d.rglob("*")):
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                    paths.append(p)
-                    labels.append(i)
+            files += [(i, p) for p in sorted(d.rglob("*")) if not p.is_dir()]
     else:
-        for p in sorted(root.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                paths.append(p)
-                labels.append(-1)
+        files = [(-1, p) for p in sorted(root.iterdir()) if not p.is_dir()]
+    for label, p in files:
+        if label != -2 and _listed(p):
+            paths.append(p)
+            labels.append(label)
+        elif not p.name.startswith("."):  # hidden files (.DS_Store, macOS's ._x.jpg) go unmentioned
+            skipped.append(p)
     if not paths:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    if skipped and str(root) not in _told:
+        _told.add(str(root))
+        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3]) + (", …" if len(skipped) > 3 else "")
+        why = "not images by name" + (" or outside the class folders" if class_dirs else "")
+        log.info(f"{root}: skipped {len(skipped)} file(s) {why} ({shown}); using {len(paths)} images")
     images = ImageSet(paths, labels, classes)
     if limit is None or limit >= len(paths):
         return images
@@ -113,6 +124,11 @@ def across_classes(images: ImageSet, n: int) -> ImageSet:
     return ImageSet([images.paths[i] for i in picked], [images.labels[i] for i in picked], images.classes)
 
 
+def _listed(p: Path) -> bool:
+    """An image file by its suffix; hidden files (`.DS_Store`, macOS's `._name.jpg` copies) are not images."""
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+
+
 def validation_images(root, limit: Optional[int] = None) -> ImageSet:
     """The validation subset of `root` (all images without `limit`): `find_images(root, limit)` with no seed."""
     return find_images(root, limit=limit, seed=None)
@@ -144,12 +160,24 @@ def resize_crop(img: Image.Image, size: Tuple[int, int], crop_pct: float = CROP_
 
 
 def image_array(path: Path, size: Tuple[int, int]) -> np.ndarray:
-    """The file's pixels at the model's size, (H, W, 3) uint8: what evaluation and training both start from."""
+    """The file's pixels at the model's size, (H, W, 3) uint8: what evaluation and training both start from.
+
+    Any image mode converts to RGB (grayscale, palette, RGBA, 16-bit); an image smaller than the input is
+    scaled up by the same transform. A file that is not an image, is truncated or corrupt, or would decode to
+    more pixels than Pillow's decompression-bomb limit stops the run with one line naming it (DataError): a
+    silently skipped image would change which images `--val-limit N` means (docs/data.md)."""
     try:
         with Image.open(path) as img:
             return np.array(resize_crop(img, size), dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise DataError(f"cannot read image {path}: {e.strerror}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: not an image Pillow can read; remove it from the folder") \
+            from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"cannot read image {path} ({reason}): the file is truncated or corrupt; remove or "
+                        "replace it") from None
 
 
 def normalise(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float], dtype=torch.float32) -> Tensor:

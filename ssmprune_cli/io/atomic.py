@@ -1,18 +1,22 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
 
 Write to a temporary name in the destination's folder (same file system, so `os.replace` is atomic), then
-rename over the destination; on any error the temporary file is removed and the destination is untouched.
+rename over the destination; on any error (Ctrl-C included) the temporary file is removed and the destination is
+untouched. Output folders work the same way (`atomic_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, List, Union
 
-from ssmprune_cli.errors import BadInputError
+from ssmprune_cli.errors import BadInputError, Interrupted
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -64,3 +68,47 @@ def atomic_write_text(path: PathLike, text: str, protect: Iterable[PathLike] = (
     with atomic_path(path, protect) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; once the block succeeds it replaces `path` (and whatever folder
+    was there), on error it is removed and `path` is untouched. Ctrl-C during the swap is held until the swap is
+    done, then reported as Interrupted naming the complete output: halfway, the old output would be gone and the
+    new one not in place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        with _sigint_held() as caught:
+            _swap(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+    if caught:
+        raise Interrupted(f"interrupted after the output was complete: {target} holds it")
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[List[int]]:
+    """SIGINTs that arrive inside the block are recorded in the yielded list instead of raising."""
+    caught: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught  # only the main thread may set handlers; there Ctrl-C is not delivered anyway
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)

@@ -60,7 +60,7 @@ def _refused_globals(path: Path, exc: BaseException) -> List[str]:
         # Static scan of the whole pickle (zip-format files only): lists every refused global, not just the first.
         if scan is not None:
             names.update(scan(str(path)))
-    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+    except Exception:  # noqa: BLE001 - the scan parses a damaged pickle too (EOFError, ...): best effort only
         pass  # legacy (non-zip) or unreadable file: the message above is all there is
     return sorted(names - allowed)
 

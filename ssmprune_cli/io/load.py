@@ -86,6 +86,11 @@ def load_model(path, **kwargs: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- two sources
+# What a family's config inference and constructor raise on values no release has (tests/fuzz/ finds them).
+_UNBUILDABLE = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
+                OverflowError, MemoryError)
+
+
 def _load_foreign(path: Path, sd: Dict[str, Tensor], weights: str, family: Optional[str],
                   overrides: Dict[str, Any]) -> LoadedCheckpoint:
     """Official (or any non-ssmprune) weights: infer the config from tensor shapes."""
@@ -93,10 +98,15 @@ def _load_foreign(path: Path, sd: Dict[str, Tensor], weights: str, family: Optio
     _check_overrides(fam, overrides)
     try:
         cfg = fam.config_from_state_dict(sd, **overrides)
-    except (KeyError, ValueError, IndexError) as exc:
+        _check_size(path, fam, cfg, sd)
+        model = fam.build(cfg)
+    except BadInputError:
+        raise
+    except _UNBUILDABLE as exc:
+        # Shapes no release has (damaged or foreign weights): they imply no model this family can build.
         raise CheckpointError(f"cannot infer a {fam.name} configuration from {path}: "
-                              f"{type(exc).__name__} {exc}") from None
-    model = load_strict(fam.build(cfg), sd, f"{path} ({weights} weights)")
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+    model = load_strict(model, sd, f"{path} ({weights} weights)")
     config = _as_json(dataclasses.asdict(cfg))
     if "mean" not in overrides and "std" not in overrides and \
             (config.get("mean"), config.get("std")) == IMAGENET_MEAN_STD:
@@ -115,17 +125,42 @@ def _load_described(path: Path, tensors: Dict[str, Tensor], doc: Mapping[str, An
     fam = get_family(doc["family"])
     _check_overrides(fam, overrides)
     config = _as_json({**doc["config"], **overrides})
-    dense = fam.build(config_from_dict(fam.config_cls, config))
-    model = dense
-    if doc.get("pruning") is not None:
-        # Imported here: plain dense files must load without the pruning engine.
-        from ssmprune_cli.pruning.pruned_model import rebuild
+    try:
+        cfg = config_from_dict(fam.config_cls, config)
+        _check_size(path, fam, cfg, tensors)
+        dense = fam.build(cfg)
+        model = dense
+        if doc.get("pruning") is not None:
+            # Imported here: plain dense files must load without the pruning engine.
+            from ssmprune_cli.pruning.pruned_model import rebuild
 
-        model = rebuild(dense, doc["pruning"])
+            model = rebuild(dense, doc["pruning"])
+    except CheckpointError:
+        raise
+    except _UNBUILDABLE + (BadInputError,) as exc:
+        # A description that no ssmprune wrote (edited, damaged or made up): its fields do not build a model.
+        raise CheckpointError(f"{path}: its stored description does not build a {fam.name} model "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
     load_strict(dense, tensors, str(path))  # the pruned wrapper owns no tensors: keys are the dense model's
     variant = doc.get("variant") or match_variant(fam.name, config)
     return LoadedCheckpoint(model.eval(), fam.name, variant, config, path, pruning=doc.get("pruning"),
                             weights="ssmprune", dense=dense, nonfinite=check_finite(path, tensors))
+
+
+def _check_size(path: Path, fam: Family, cfg: Any, tensors: Mapping[str, Tensor]) -> None:
+    """Refuse a description that builds a model far larger than the weights stored with it, before building it
+    for real (a made-up `embed_dim: 100000` must not allocate gigabytes): the model is first built without
+    memory (meta tensors) to count its elements."""
+    try:
+        with torch.device("meta"):
+            probe = fam.build(cfg)
+    except (RuntimeError, NotImplementedError):
+        return  # an initialiser meta tensors cannot run: the strict load after the build still checks shapes
+    need = sum(t.numel() for t in probe.state_dict().values())
+    have = sum(t.numel() for t in tensors.values())
+    if need > 2 * have + 2**20:  # room for a resized position embedding (--img-size), nothing like a new model
+        raise CheckpointError(f"{path}: its description builds a model of {need:,} values but the file holds "
+                              f"{have:,}; the description does not belong to these weights")
 
 
 def nonfinite_weights(sd: Mapping[str, Tensor]) -> Dict[str, int]:

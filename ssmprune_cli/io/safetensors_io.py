@@ -17,6 +17,8 @@ Loading needs no pickle and runs no code from the file.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
@@ -32,6 +34,10 @@ from .atomic import atomic_path, atomic_write_text, check_not_input
 FORMAT_VERSION = 2  # the newest this code reads and writes
 META_KEY = "ssmprune"
 CONFIG_NAME = "config.json"
+MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on the JSON header (100 MB)
+# Bytes per element of every dtype the format names (F8 variants included).
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 def describe(family: str, config: Mapping[str, Any], variant: Optional[str] = None,
@@ -112,8 +118,73 @@ def is_safetensors(path) -> bool:
     return 2 <= n <= Path(path).stat().st_size - 8
 
 
+def check_header(path) -> Dict[str, Any]:
+    """The file's JSON header, after checking that it describes the file honestly; refuses (CheckpointError)
+    before any tensor memory is allocated: at most the header itself (≤ MAX_HEADER bytes) is read.
+
+    Checked: the header length fits the file and the format's limit; the header is a JSON object; every entry
+    has a known dtype, a shape of non-negative integers and [begin, end] offsets inside the data section whose
+    length is exactly shape × dtype size (so a huge claimed shape is refused, not allocated); no two tensors
+    overlap; `__metadata__` maps strings to strings."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file: {size} bytes, shorter than its 8-byte header "
+                                  "length")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER or n > size - 8:
+            raise CheckpointError(f"{path}: the header claims {n} bytes but the file holds {size - 8} after the "
+                                  f"length (the format allows at most {MAX_HEADER}); the file is truncated or "
+                                  "not a safetensors file")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
+    data = size - 8 - n
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(f"{path}: the safetensors __metadata__ must map strings to strings")
+            continue
+        spans.append(_check_entry(path, key, entry, data))
+    spans.sort()
+    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: tensors {k0!r} and {k1!r} overlap in the file (bytes {b1}–{e0}); the "
+                                  "header is corrupt")
+    return header
+
+
+def _check_entry(path, key: str, entry: Any, data: int) -> Tuple[int, int, str]:
+    bad = f"{path}: the header's entry for tensor {key!r}"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{bad} lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise CheckpointError(f"{bad} has an unknown dtype {str(dtype)[:20]!r}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise CheckpointError(f"{bad} has a shape that is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise CheckpointError(f"{bad} has data_offsets that are not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data:
+        raise CheckpointError(f"{bad} points at bytes {begin}–{end}, outside the {data} data bytes of the file")
+    need = math.prod(shape) * DTYPE_BYTES[dtype]
+    if end - begin != need:
+        raise CheckpointError(f"{bad} claims shape {shape[:8]} ({need} bytes of {dtype}) but spans "
+                              f"{end - begin} bytes")
+    return begin, end, key
+
+
 def read_safetensors(path) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
-    """(tensors, description or None when the file was not written by ssmprune)."""
+    """(tensors, description or None when the file was not written by ssmprune). The header is checked first
+    (`check_header`): a lying header is refused before anything is allocated."""
+    check_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -133,6 +204,10 @@ def _parse_description(path, raw: str) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: the '{META_KEY}' metadata is not valid JSON") from None
     if not isinstance(doc, dict) or not {"format_version", "family", "config"} <= doc.keys():
         raise CheckpointError(f"{path}: the '{META_KEY}' metadata lacks format_version, family or config")
+    kinds = {"family": (str,), "config": (dict,), "variant": (str, type(None)), "pruning": (dict, type(None))}
+    for key, types in kinds.items():
+        if not isinstance(doc.get(key), types):
+            raise CheckpointError(f"{path}: the '{META_KEY}' metadata's {key!r} is a {type(doc.get(key)).__name__}")
     version = doc["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} uses format version {version!r}; this ssmprune reads up to "

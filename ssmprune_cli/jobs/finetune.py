@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ssmprune_cli.data.images import find_images, model_input_spec, validation_images
-from ssmprune_cli.errors import BadInputError, DataError
-from ssmprune_cli.io.atomic import check_not_input
+from ssmprune_cli.errors import BadInputError, DataError, Interrupted
+from ssmprune_cli.io.atomic import atomic_dir, check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
@@ -40,7 +38,7 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
     """Brief distillation fine-tuning (DESIGN 2.4): the dense model is the teacher; the result keeps MODEL's
     pruning spec and Δ̂. A run interrupted after an epoch resumes from OUT's state file beside it."""
     from ssmprune_cli.data.tensor_data import TensorImages
-    from ssmprune_cli.train.finetune import TrainConfig, accuracy, plan_steps, train
+    from ssmprune_cli.train.finetune import TrainConfig, accuracy, plan_steps, saved_step, train
 
     out = Path(req.out)
     if out.exists() and not req.force:
@@ -78,28 +76,33 @@ def run_finetune(req: FinetuneRequest) -> Dict[str, Any]:
         note(f"{plan.per_rank} training images{' per process' if world > 1 else ''}, fewer than --batch-size "
              f"{cfg.batch_size}: every step trains on one batch of all {plan.batch_size}")
     state = out.with_name(f".{out.name}.train_state.pt")
-    with progress_bar("fine-tuning", plan.total) as update:
-        summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
-                        on_step=_bar_feed(update))
-    result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
-              "train_images": len(data), "summary": summary, "rank": rank, "world_size": world}
-    if rank != 0:
-        return result  # under torchrun every rank holds the same weights; rank 0 measures and writes
-    if val is not None:
-        result["val"] = {"images": len(val), "top1_before": before, "top1_after": accuracy(student, val, mean, std)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        spec = student.spec.to_dict() if isinstance(student, PrunedModel) else None
-        save_model(core.cpu(), tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
-                   pruning=spec, protect=[req.model])
-        (tmp / "finetune.json").write_text(dumps(result) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with progress_bar("fine-tuning", plan.total) as update:
+            summary = train(student, data, cfg, mean, std, teacher=teacher, val_data=val, checkpoint=state,
+                            on_step=_bar_feed(update))
+        result = {"model": str(req.model), "teacher": str(req.teacher) if req.teacher else "dense model of MODEL",
+                  "train_images": len(data), "summary": summary, "rank": rank, "world_size": world}
+        if rank != 0:
+            return result  # under torchrun every rank holds the same weights; rank 0 measures and writes
+        if val is not None:
+            result["val"] = {"images": len(val), "top1_before": before,
+                             "top1_after": accuracy(student, val, mean, std)}
+        try:
+            with atomic_dir(out) as tmp:
+                spec = student.spec.to_dict() if isinstance(student, PrunedModel) else None
+                save_model(core.cpu(), tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
+                           pruning=spec, protect=[req.model])
+                (tmp / "finetune.json").write_text(dumps(result) + "\n")
+        except Interrupted:  # Ctrl-C during the final rename: the output is complete, nothing is left to resume
+            state.unlink(missing_ok=True)
+            raise
+    except KeyboardInterrupt:
+        # Resume state is saved at the end of every epoch (train/finetune.py: save_state, atomic).
+        step = saved_step(state) if rank == 0 else None
+        if step is None:
+            raise Interrupted("interrupted before the first epoch ended; nothing was written") from None
+        raise Interrupted(f"interrupted; {out} was not written, the state after step {step} of {plan.total} is "
+                          f"saved in {state}: rerun the same command to resume from it") from None
     state.unlink(missing_ok=True)
     return result
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,14 +12,14 @@ import yaml
 
 from ssmprune_cli.data.images import ImageSet, across_classes, find_images, validation_images
 from ssmprune_cli.errors import BadInputError, DataError, RecipeError
-from ssmprune_cli.io.atomic import check_not_input
+from ssmprune_cli.io.atomic import atomic_dir, check_not_input
 from ssmprune_cli.io.load import load_checkpoint
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.calibrate import measure_delta_hat
-from ssmprune_cli.pruning.plan import PruningSpec, resolve_fills
+from ssmprune_cli.pruning.plan import PruningSpec
 from ssmprune_cli.pruning.pruned_model import PrunedModel
-from ssmprune_cli.pruning.schedule import check_prune, choose_policy, make_points, make_spec, policy_candidates
+from ssmprune_cli.pruning.schedule import check_prune, choose_policy, plan_from_recipe, policy_candidates
 from ssmprune_cli.report.gates import gate_row
 from ssmprune_cli.report.jsondoc import dumps
 from ssmprune_cli.report.pictures import render_importance, render_tokens_plot
@@ -132,10 +130,9 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
     prune, calib, auto = recipe["prune"], recipe["calib"], recipe["auto"]
     seed = int(recipe.get("seed", 0))
     torch.manual_seed(seed)
-    points = make_points(model, prune)
-    conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
+    spec = plan_from_recipe(model, recipe)
     dtype = next(model.parameters()).dtype
-    needs_data = delta_fill == "calib" or auto.get("enabled")
+    needs_data = spec.delta_fill == "calib" or auto.get("enabled")
     cal_set = hold_set = None
     delta_hat = None
     if needs_data:
@@ -148,7 +145,6 @@ def run_prune(req: PruneRequest) -> Dict[str, Any]:
         bs = int(calib["batch_size"])
         with progress_bar("calibrating Δ", len(cal_set)) as advance:
             delta_hat = measure_delta_hat(model, model_batches(model, cal_set, bs, device, dtype), advance)
-    spec = make_spec(points, prune, conv_fill, delta_fill, seed)
     auto_result = None
     if auto.get("enabled"):
         spec, auto_result = auto_policy(model, spec, prune, auto, hold_set, int(calib["batch_size"]), device,
@@ -229,9 +225,7 @@ def auto_policy(model, spec: PruningSpec, prune, auto, hold_set: Optional[ImageS
 def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spec: PruningSpec,
                   recipe: Dict[str, Any], report: Dict[str, Any], cal_set: Optional[ImageSet] = None) -> None:
     """Everything goes to a temporary folder beside OUT, then one rename: no partial output."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_model(pruned.model, tmp / "model.safetensors", family=loaded.family, variant=loaded.variant,
                    pruning=spec.to_dict(), protect=[req.checkpoint])
         resolved = dict(recipe)
@@ -247,14 +241,3 @@ def write_outputs(out: Path, req: PruneRequest, loaded, pruned: PrunedModel, spe
                            points=[s["site"] for s in report["schedule"]])
         if cal_set is not None and len(cal_set):
             render_importance(pruned, across_classes(cal_set, 4).paths, tmp / "importance.png")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -7,9 +7,10 @@ Lookup: `recipes/<variant>.yaml` when the checkpoint matches a published variant
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -51,13 +52,17 @@ def merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
 def read_recipe(path) -> Dict[str, Any]:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise RecipeError(f"cannot read recipe {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {p} nests too deeply to be a recipe") from None
     return validate(data, str(p))
 
 

@@ -29,6 +29,7 @@ from .plan import (
     is_two_d,
     keep_from_rates,
     merge_layer_sites,
+    resolve_fills,
     schedule_macs,
     solve_merge_ratio,
     solve_ratio,
@@ -71,6 +72,16 @@ def check_prune(prune: Dict[str, Any], at_given: bool = False, score_given: bool
         raise RecipeError(f"give either --at or --merge-layers {layers}, not both (the strategy picks the points)")
     if method == "merge" and score_given:
         raise RecipeError("--method merge pairs tokens by similarity and reads no --score; leave --score out")
+
+
+def plan_from_recipe(model, recipe: Dict[str, Any]) -> PruningSpec:
+    """The pruning spec a resolved recipe asks for (points, score, fills, method, seed), or RecipeError saying why
+    there is none: everything `prune` decides from the recipe before it sees an image."""
+    prune = recipe["prune"]
+    check_prune(prune)
+    points = make_points(model, prune)
+    conv_fill, delta_fill = resolve_fills(model, prune["align"], prune.get("conv_fill"), prune.get("delta_fill"))
+    return make_spec(points, prune, conv_fill, delta_fill, int(recipe.get("seed", 0)))
 
 
 def make_points(model, prune: Dict[str, Any], split: Optional[str] = None) -> List[PrunePoint]:

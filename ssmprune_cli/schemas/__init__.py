@@ -124,12 +124,17 @@ def _range(schema: Dict[str, Any]) -> Optional[str]:
     hi = (")", schema["exclusiveMaximum"]) if "exclusiveMaximum" in schema else \
         ("]", schema["maximum"]) if "maximum" in schema else None
     if lo and hi:
-        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
     if lo:
-        return f"{'>' if lo[0] == '(' else '>='} {lo[1]:g}"
+        return f"{'>' if lo[0] == '(' else '>='} {_num(lo[1])}"
     if hi:
-        return f"{'<' if hi[0] == ')' else '<='} {hi[1]:g}"
+        return f"{'<' if hi[0] == ')' else '<='} {_num(hi[1])}"
     return None
+
+
+def _num(bound: float) -> str:
+    """Integers in full (a seed's bound is 2**63 - 1, not 9.22337e+18), other numbers short."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def _in_range(value: float, schema: Dict[str, Any]) -> bool:

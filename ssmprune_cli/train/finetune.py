@@ -148,6 +148,26 @@ def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf1
     return fwd, teach
 
 
+def save_state(path, state: Dict[str, Any]) -> None:
+    """Write the resume state atomically: a temporary file beside it, renamed over it once complete, and removed
+    if the write is interrupted (Ctrl-C mid-save leaves the previous state, never half of a new one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def saved_step(path) -> Optional[int]:
+    """The step a resume state file holds, or None when there is none (or it cannot be read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, AttributeError):
+        return None
+
+
 def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, std,
           teacher: Optional[nn.Module] = None, val_data: Optional[TensorImages] = None,
           checkpoint: Optional[Path] = None, on_step: Optional[Callable[[int, int, float], None]] = None
@@ -232,10 +252,8 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
                 log.info("step %d/%d loss %.4f %s", step, total, entry["loss"],
                          f"val {entry.get('val_top1', float('nan')):.2f}")
                 if checkpoint is not None and rank == 0:
-                    tmp = Path(str(checkpoint) + ".tmp")
-                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "config": asdict(cfg)}, tmp)
-                    os.replace(tmp, checkpoint)
+                    save_state(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                            "step": step, "config": asdict(cfg)})
     model.eval()
     return {"steps": total, "batch_size": plan.batch_size, "steps_per_epoch": steps_per_epoch,
             "images_per_rank": plan.per_rank, "history": history, "config": asdict(cfg),
