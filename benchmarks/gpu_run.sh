@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session's checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
+# The GPU checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
 #
@@ -7,10 +7,10 @@
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against), run
-#           after `models` in the same session, so both are timed on the same machine
+#           after `models` in the same call, so both are timed on the same machine
 #   scan / norm / conv   the kernel benchmarks
 #   train   fine-tuning throughput, dense against pruned
-#   trainbase  the same with the older tree in .base/, after `train` in the same session
+#   trainbase  the same with the older tree in .base/, after `train` in the same call
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
