@@ -2,6 +2,7 @@
 # The GPU checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
+#                                      [compile] [stages]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the token scan and gather conv
 #   eager   Vim-S dense against pruned without CUDA graphs
@@ -11,6 +12,9 @@
 #   scan / norm / conv   the kernel benchmarks
 #   train   fine-tuning throughput, dense against pruned
 #   trainbase  the same with the older tree in .base/, after `train` in the same call
+#   compile the same comparison under torch.compile (`bench --compile`): every family's test variant, then
+#           the full-size cases (COMPILE_CASES), batch 32 for latency and throughput (one compilation per model)
+#   stages  dense and pruned Vim-S with --stages: per-block times and the profiler's categories
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
@@ -26,9 +30,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 cases=${CASES:-vim_small plainmamba_l3 groupmamba_tiny}
 for step in "$@"; do
     case "$step" in
-        tests) python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
+        tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 \
-                   | tail -5 | tee "$out/tests.txt" ;;
+                   | tail -60 | tee "$out/tests.txt" ;;
         quick) python3 -m pytest -q -x tests/ops/test_token_scan.py -k "one_state or a_log or small_state or bf16" \
                    2>&1 | tail -3 | tee "$out/tests.txt" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
@@ -42,6 +46,12 @@ for step in "$@"; do
                 python3 benchmarks/same_logits.py run "$out/logits_new.pt" >/dev/null && \
                 python3 benchmarks/same_logits.py compare "$out/logits_base.pt" "$out/logits_new.pt" \
                    | tee "$out/logits.txt" | grep -E "bf16|largest" | sort -k4 -g | tail -4 ;;
+        compile) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --compile --batch 32 --latency-batch 32 \
+                   --repeats 10 --warmup 3 --json "$out/compile.json" \
+                   --cases ${COMPILE_CASES:-vim_test plainmamba_test groupmamba_test vmamba_test $cases} \
+                   2>&1 | tee "$out/compile.txt" | tail -12 ;;
+        stages) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --stages \
+                   --json "$out/stages.json" 2>&1 | tee "$out/stages.txt" | tail -40 ;;
         scan) python3 benchmarks/scan.py --shapes vim_s --dtypes bf16 --skip-reference --json "$out/scan.json" \
                    2>&1 | tail -4 ;;
         norm) python3 benchmarks/fused_norm.py --json "$out/norm.json" 2>&1 | tail -12 ;;

@@ -20,6 +20,7 @@ shared-memory conversion. The step's loads are issued one step ahead of their us
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Dict, Optional
 
 import torch
@@ -272,22 +273,26 @@ def _channel_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-_A_CACHE: Dict[tuple, Tensor] = {}
+_A_CACHE: Dict[int, tuple] = {}
 
 
 def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
     """(n, e) float32 A · log2(e), e contiguous. From a parameter A_log it is computed once per parameter version
-    (a forward then launches nothing for it, and a CUDA graph replays no copy)."""
+    (a forward then launches nothing for it, and a CUDA graph replays no copy). The entry belongs to the tensor
+    object (a weak reference): a freed tensor's address can be reused by a new one at version 0, so an address and
+    a version alone would serve a stale copy."""
     if not a_is_log:
         return _scaled_transpose(A)
-    key = (A.data_ptr(), A._version, A.device, tuple(A.shape))
-    hit = _A_CACHE.get(key)
-    if hit is None:
-        with torch.inference_mode(False), torch.no_grad():
-            hit = (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
-        if len(_A_CACHE) > 4096:
-            _A_CACHE.clear()
-        _A_CACHE[key] = hit
+    stamp = (A.data_ptr(), A._version, A.device, tuple(A.shape))
+    entry = _A_CACHE.get(id(A))
+    if entry is not None and entry[0]() is A and entry[1] == stamp:
+        return entry[2]
+    with torch.inference_mode(False), torch.no_grad():
+        hit = (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
+    if len(_A_CACHE) > 4096:
+        _A_CACHE.clear()
+    key = id(A)
+    _A_CACHE[key] = (weakref.ref(A, lambda _ref, key=key: _A_CACHE.pop(key, None)), stamp, hit)
     return hit
 
 

@@ -245,22 +245,23 @@ def test_dense_equals_cudnn_style_conv():
 def test_kernel_partial_gradients(need):
     # a frozen conv (dx only: dpre stored, no dweight) and a frozen input (dweight only: dpre recomputed, unstored)
     xz, weight, bias, grid, padding, keep, src, flip = kernel_inputs("causal1d_hold", torch.float32)
-    x = xz[..., :12].requires_grad_(need == "x")
-    weight.requires_grad_(need == "weight")
-    out = gather_conv(x, weight, bias, grid, padding, keep, src, flip, silu=True, backend="triton")
-    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    x = xz[..., :12].to(DEVICE).requires_grad_(need == "x")
+    weight = weight.to(DEVICE).requires_grad_(need == "weight")
+    out = gather_conv(x, weight, bias.to(DEVICE), grid, padding, keep.to(DEVICE), src.to(DEVICE), flip, silu=True,
+                      backend="triton")
+    x64, w64 = x.detach().cpu().double().requires_grad_(), weight.detach().cpu().double().requires_grad_()
     expect = gather_conv_ref(x64, w64, bias.double(), grid, padding, keep, src, flip, silu=True)
     dout = torch.randn(expect.shape, dtype=torch.float64)
-    out.backward(dout.float())
+    out.backward(dout.float().to(DEVICE))
     expect.backward(dout)
     got, want = (x.grad, x64.grad) if need == "x" else (weight.grad, w64.grad)
-    assert rel(got, want) < 1e-5
+    assert rel(got.cpu(), want) < 1e-5
 
 
 def test_no_outputs():
-    x = torch.randn(2, 5, 4, requires_grad=True)
-    out = gather_conv(x, torch.randn(4, 1, 4), None, (1, 5), (0, 3), keep=torch.zeros(2, 0, dtype=torch.long),
-                      backend="triton")
+    x = torch.randn(2, 5, 4, device=DEVICE, requires_grad=True)
+    out = gather_conv(x, torch.randn(4, 1, 4, device=DEVICE), None, (1, 5), (0, 3),
+                      keep=torch.zeros(2, 0, dtype=torch.long, device=DEVICE), backend="triton")
     assert out.shape == (2, 0, 4)
     out.sum().backward()
     assert not x.grad.any()
@@ -286,10 +287,11 @@ def test_serves_vims_two_directions(fill):
                            layout.fill_index("zero" if fill == "zero" else kind), flip=d == 1, silu=True)
         torch.testing.assert_close(mine.flip(1) if d else mine, today)
         keep = layout.keep.flip(1) if d else layout.keep                                   # scan order
-        kernel = gather_conv(x.float(), conv.weight.float(), conv.bias.float(), (1, L), (0, 3), keep,
-                             layout.fill_index("zero" if fill == "zero" else kind), flip=d == 1, silu=True,
+        dev = lambda t: t.detach().float().to(DEVICE) if t.is_floating_point() else t.to(DEVICE)  # noqa: E731
+        kernel = gather_conv(dev(x), dev(conv.weight), dev(conv.bias), (1, L), (0, 3), dev(keep),
+                             dev(layout.fill_index("zero" if fill == "zero" else kind)), flip=d == 1, silu=True,
                              backend="triton")
-        assert rel(kernel, today) < 1e-5
+        assert rel(kernel.cpu(), today) < 1e-5
 
 
 def test_serves_the_2d_convs():

@@ -187,6 +187,12 @@ def test_a_log_form_matches():
         A_log.add_(0.3)
     kw2 = dict(kw, A=-torch.exp(A_log))
     assert rel(token_scan(**_on_device(dict(kw_log, A=A_log)), a_is_log=True, backend="triton"), _loop_of(kw2)) < 1e-5
+    # nor is a new tensor that the allocator placed where a freed one lived (same address, version 0)
+    for shift in (0.5, -0.4, 0.2):
+        fresh = (A_log + shift).to(DEVICE)
+        got = token_scan(**_on_device(dict(kw_log, A=fresh)), a_is_log=True, backend="triton")
+        assert rel(got, _loop_of(dict(kw, A=-torch.exp(A_log + shift)))) < 1e-5
+        del fresh
 
 
 @pytest.mark.slow
