@@ -14,7 +14,7 @@
 #   trainbase  the same with the older tree in .base/, after `train` in the same call
 #   compile the same comparison under torch.compile (`bench --compile`): every family's test variant, then
 #           the full-size cases (COMPILE_CASES), batch 32 for latency and throughput (one compilation per model)
-#   stages  dense and pruned Vim-S with --stages: per-block times and the profiler's categories
+#   stages  dense and pruned models (STAGES_CASES, default Vim-S) with --stages: per-block times, profiler categories
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
@@ -50,7 +50,7 @@ for step in "$@"; do
                    --repeats 10 --warmup 3 --json "$out/compile.json" \
                    --cases ${COMPILE_CASES:-vim_test plainmamba_test groupmamba_test vmamba_test $cases} \
                    2>&1 | tee "$out/compile.txt" | tail -12 ;;
-        stages) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --stages \
+        stages) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases ${STAGES_CASES:-vim_small} --stages \
                    --json "$out/stages.json" 2>&1 | tee "$out/stages.txt" | tail -40 ;;
         scan) python3 benchmarks/scan.py --shapes vim_s --dtypes bf16 --skip-reference --json "$out/scan.json" \
                    2>&1 | tail -4 ;;

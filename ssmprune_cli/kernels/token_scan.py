@@ -65,15 +65,15 @@ def _step_inputs(t, S, u_row, dl_row, ui_row, pi_row, oi_row, gap_row, me, offs_
     return u, x, g, rp, ro
 
 
-@triton.jit(do_not_specialize=["S", "s_an"])
+@triton.jit(do_not_specialize=["S", "s_an", "s_he"])
 def _token_scan_kernel(
     # pointers; A2T = (A * log2(e)) transposed, (n, e), e contiguous; Bt/Ct (b, Lp, NP) float32 copies
     u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
     ui_ptr, pi_ptr, oi_ptr, hs_ptr,
     # sizes; s_an = e (A2T's row stride, not specialised: it keeps the A load at one channel per thread)
     S, E, N, Lp, s_an, out_scale,
-    # strides in elements (the channel stride of every activation is 1)
-    s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
+    # strides in elements (the channel stride of every activation is 1; s_he = 1, hs's, not specialised)
+    s_he, s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
     # meta-parameters
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
@@ -91,7 +91,9 @@ def _token_scan_kernel(
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
-    vec: tl.constexpr = FAST and NP == 16
+    # the 16-wide vector loads of B/C rows assume each thread holds one channel's 16 states in order; the training
+    # forward keeps plain loads, so a layout change there (the state store below) can never misread a row
+    vec: tl.constexpr = FAST and NP == 16 and not SAVE
     Bt_ptr += pid_b * Lp * NP
     Ct_ptr += pid_b * Lp * NP
     u_row = u_ptr + pid_b * s_ub
@@ -117,8 +119,9 @@ def _token_scan_kernel(
         if SAVE:
             # all NP states (padded ones stay zero), in a store predicated on the step rather than a branch:
             # compiled for sm_90 (Triton 3.9) the branch took 128 registers, a state mask 108, this 96, as many
-            # as without saving
-            hs_e = hs_ptr + (t // 4) * NP * E + offs_e
+            # as without saving. The channel stride s_he (= 1) is a run-time value: a store seen as contiguous
+            # along the channels makes Triton re-lay the whole loop out at 4 states x 4 channels per thread
+            hs_e = hs_ptr + (t // 4) * NP * E + offs_e * s_he
             tl.store(hs_e[None, :] + offs_n[:, None] * E, h, mask=me[None, :] & (t % 4 == 0))
         if HAS_BIAS:
             x += bias
@@ -368,6 +371,6 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
             num_warps = LAUNCH["states"]["num_warps"]
             BE = 32 * num_warps
             _token_scan_kernel[(_cdiv(E, BE), b)](
-                u, delta, A2T, Bt, Ct, *common, S, E, N, Lp, E, float(out_scale), *strides,
+                u, delta, A2T, Bt, Ct, *common, S, E, N, Lp, E, float(out_scale), 1, *strides,
                 BE=BE, **flags, num_warps=num_warps)
     return out, saved

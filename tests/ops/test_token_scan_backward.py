@@ -92,6 +92,20 @@ def test_a_log_gradient():
     check(_case(b=2, E=8, N=4, S=9, idx="perm", acc=True, seed=5), a_is_log=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sixteen_states_at_aligned_widths(dtype):
+    """Vim's and PlainMamba's shape class: 16 states (the kernels' vector-load path for B/C rows) and a channel
+    count divisible by 16, which Triton specialises on. The training forward stores the states as it scans; its
+    output must equal the inference forward's and its gradients the reference's (on the GPU this once read B/C
+    rows through the wrong threads' registers: a misaligned-address fault)."""
+    kw = _case(b=2, E=64, N=16, S=9, T=11, idx="pair", acc=True, B_bias="shared", dtype=dtype, seed=21)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    out = check(kw, out_tol=tol, grad_tol=tol)
+    with torch.no_grad():
+        plain = token_scan(**_on_device(kw), backend="triton")
+    assert rel(out, plain) < (1e-6 if dtype == torch.float32 else 1e-2)
+
+
 @pytest.mark.parametrize("idx", ["none", "pair"])
 def test_several_channel_blocks(idx, small_blocks):
     """20 channels over three backward blocks (the last one partial): dB, dC and B_bias's gradient are summed over
