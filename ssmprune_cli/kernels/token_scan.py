@@ -286,6 +286,9 @@ def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
     a version alone would serve a stale copy."""
     if not a_is_log:
         return _scaled_transpose(A)
+    if A.is_inference():  # no version counter to tell an update (a tensor a compiled graph made, say): no cache
+        with torch.no_grad():
+            return (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
     stamp = (A.data_ptr(), A._version, A.device, tuple(A.shape))
     entry = _A_CACHE.get(id(A))
     if entry is not None and entry[0]() is A and entry[1] == stamp:

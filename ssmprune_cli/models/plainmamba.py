@@ -126,6 +126,7 @@ def _scan_orders_cpu(H: int, W: int) -> ScanOrders:
     return ScanOrders(order, order.argsort(dim=1), torch.tensor(codes, dtype=torch.long))
 
 
+@torch.compiler.disable  # traced, the cached lookups would become tensors made from host data in every call
 def scan_orders(hw: Tuple[int, int], device: Optional[torch.device] = None) -> ScanOrders:
     o = _scan_orders_cpu(int(hw[0]), int(hw[1]))
     return _scan_orders_on(int(hw[0]), int(hw[1]), torch.device(device)) if device is not None else o

@@ -124,6 +124,7 @@ class PrunedModel(nn.Module):
             self._sizes = (new_layout, out.sizes)
         return out.tensors, new_layout
 
+    @torch.compiler.disable  # traced, the cache would be bypassed: a host-to-device copy inside the graph
     def _protected(self, site: str, protected: List[int], device: torch.device) -> Tensor:
         """Protected positions as a device tensor, made once: a forward makes no host-to-device copies."""
         key = (site, device)
