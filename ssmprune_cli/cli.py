@@ -346,6 +346,9 @@ def prune(
         "--bench-batch", min=1, metavar="N", help="Throughput batch size for --bench.")] = 128,
     bench_dtype: Annotated[str, typer.Option(
         "--bench-dtype", metavar="DTYPE", help="fp32, or bf16 (autocast) for --bench.")] = "fp32",
+    bench_repeats: Annotated[int, typer.Option(
+        "--bench-repeats", min=1, metavar="N", help="Timed samples per model and batch size for --bench (median "
+        "and IQR reported).")] = 20,
     min_speedup: Annotated[Optional[float], typer.Option(
         "--min-speedup", metavar="X", help="Gate: exit 3 when the measured throughput speed-up is lower (needs "
         "--bench).")] = None,
@@ -375,7 +378,8 @@ def prune(
                        merge_layers=merge_layers, auto=auto,
                        seed=seed, force=force, device=device, val=val, val_limit=val_limit,
                        max_flops=max_flops, max_acc_drop=max_acc_drop, min_speedup=min_speedup,
-                       bench=BenchSettings(device=device, dtype=bench_dtype, batch=bench_batch) if bench else None,
+                       bench=BenchSettings(device=device, dtype=bench_dtype, batch=bench_batch,
+                                           repeats=bench_repeats) if bench else None,
                        load_options={"family": family, "ema": ema, "trust_pickle": trust_pickle,
                                      **model_overrides(model_config, img_size=img_size)})
     report = run_prune(req)

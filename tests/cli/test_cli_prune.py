@@ -108,13 +108,14 @@ def test_model_config_file_sets_what_shapes_cannot_tell(tmp_path):
 def test_prune_bench_speed_in_report_and_gate(tmp_path):
     out = tmp_path / "b"
     res = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--bench", "--bench-batch", "4",
-              "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
+              "--bench-repeats", "3", "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
     assert res.exit_code == 3, res.stderr  # no model gets 1000x faster: the gate fails on purpose
     report = json.loads(res.stdout)
     assert schemas.first_problem(report, schemas.load_schema("report")) is None  # with speed and gates
     comp = report["speed"]["comparison"]
     assert comp["ideal_speedup"] == pytest.approx(1 / (1 - report["flops"]["reduction"]))
     assert comp["throughput_speedup"] > 0 and report["speed"]["settings"]["batch"] == 4
+    assert report["speed"]["settings"]["repeats"] == 3
     assert [g["gate"] for g in report["gates"]] == ["--min-speedup"] and not report["gates"][0]["passed"]
     assert "min-speedup" in res.stderr
     assert "Speed" in (out / "report.md").read_text()
