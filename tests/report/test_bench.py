@@ -142,6 +142,38 @@ def test_own_kernels_are_named_in_the_profile():
     assert _category("ssmprune::add_norm") == "norm"
 
 
+def test_kernels_no_op_claims_are_counted_by_their_range():
+    """On the GPU the profiler ties a kernel's time to the op that launched it; kernels it ties to none (the Triton
+    scan on an H100) are counted by the device-side range they ran in, else by their own name, and only the part
+    of a kernel name's time that no op claims."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from ssmprune_cli.report.bench import _category, unclaimed_kernels
+
+    ids = iter(range(100))
+
+    def ev(name, t0, t1, device=DeviceType.CUDA, note=False):
+        return FunctionEvent(next(ids), name, 0, t0, t1, device_type=device, is_user_annotation=note)
+
+    mm = ev("aten::mm", 0, 5, DeviceType.CPU)
+    mm.append_kernel("gemm_kernel", 0, 30.0)                       # claimed: not listed again
+    events = [mm, ev("gemm_kernel", 10, 40),
+              ev("ssmprune::token_scan", 100, 200, note=True),     # a device-side range: names, is not a kernel
+              ev("_token_scan_kernel", 110, 150), ev("_token_scan_kernel", 150, 190),
+              ev("_pack_bc_kernel", 300, 307),                     # outside any range: its own name
+              ev("copy_kernel", 400, 410), ev("copy_kernel", 420, 430)]
+    half = ev("aten::copy_", 395, 396, DeviceType.CPU)
+    half.append_kernel("copy_kernel", 0, 10.0)                     # one of the two copies is claimed
+    got = unclaimed_kernels(events + [half])
+    assert set(got) == {"ssmprune::token_scan", "_pack_bc_kernel", "copy_kernel"}
+    assert got["ssmprune::token_scan"] == (pytest.approx(80.0), 2)
+    assert got["_pack_bc_kernel"] == (pytest.approx(7.0), 1)
+    assert got["copy_kernel"][0] == pytest.approx(10.0)
+    assert _category("ssmprune::token_scan (kernel)") == "scan"
+    assert unclaimed_kernels([mm, ev("gemm_kernel", 10, 40)]) == {}
+
+
 def test_gates_judge_and_raise_with_exit_code_3():
     result = {"models": {"model": {"flops": {"gmacs": 2.5}}},
               "comparison": {"throughput_speedup": 1.2, "acc_drop": 0.4}}
