@@ -17,12 +17,13 @@
 #   stages  dense and pruned models (STAGES_CASES, default Vim-S) with --stages: per-block times, profiler categories
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #
+# Every step writes its whole log under OUT as it runs, so a step stopped by a time limit keeps what it printed.
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
 set -uo pipefail
 out=${1:?output directory}; shift
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/gpu.txt"
@@ -32,9 +33,9 @@ for step in "$@"; do
     case "$step" in
         tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 \
-                   | tail -60 | tee "$out/tests.txt" ;;
+                   | tee "$out/tests.txt" | tail -60 ;;
         quick) python3 -m pytest -q -x tests/ops/test_token_scan.py -k "one_state or a_log or small_state or bf16" \
-                   2>&1 | tail -3 | tee "$out/tests.txt" ;;
+                   2>&1 | tee "$out/tests.txt" | tail -3 ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
                    --json "$out/eager.json" 2>&1 | tee "$out/eager.txt" | tail -2 ;;
         models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases ${MODELS_ARGS:-} \
@@ -57,7 +58,7 @@ for step in "$@"; do
         norm) python3 benchmarks/fused_norm.py --json "$out/norm.json" 2>&1 | tail -12 ;;
         conv) python3 benchmarks/gather_conv.py --json "$out/conv.json" 2>&1 | tail -16 ;;
         train) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases --json "$out/train.json" \
-                   2>&1 | tail -12 ;;
+                   2>&1 | tee "$out/train.txt" | tail -12 ;;
         trainbase) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases \
                    --demo-images 0 --json "$out/train_base.json" 2>&1 | tail -4) ;;
         *) echo "unknown step $step" >&2 ;;
