@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -40,6 +39,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_reference import sha256  # noqa: E402  (the checkpoints' digest, as training recorded it)
 
 RATIOS = (0.2, 0.3, 0.4)
 EPOCHS = (1, 5)
@@ -204,8 +206,8 @@ class Runner:
         s = self.summary
         ref = a.reference
         s.setdefault("family", a.family)
-        s.setdefault("reference", {"path": str(ref), "sha256": _sha256(ref)})
-        if s["reference"]["sha256"] != _sha256(ref):
+        s.setdefault("reference", {"path": str(ref), "sha256": sha256(ref)})
+        if s["reference"]["sha256"] != sha256(ref):
             raise SystemExit(f"{self.summary_path} was made from another checkpoint than {ref}")
         s.setdefault("settings", {"test_images": a.test_images, "calib_images": a.calib_images,
                                   "ft_batch_size": a.ft_batch_size, "train_images": a.train_images})
@@ -291,14 +293,6 @@ class Runner:
 
 def _cell_done(cell: Dict[str, Any], epochs: Sequence[int]) -> bool:
     return bool(cell.get("error")) or ("tf" in cell and "bench" in cell and all(f"ft{e}" in cell for e in epochs))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _device_name(device: str) -> str:

@@ -5,24 +5,14 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import ssmprune_cli
-from ssmprune_cli import cli
 from ssmprune_cli.errors import QualityGateError
 from ssmprune_cli.io import load as load_module
 from ssmprune_cli.models import create_model, list_models
+from _runner import run
 
 
-def _runner():
-    try:  # click < 8.2 mixes stderr into stdout unless told not to
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def run(*args, env=None):
-    return _runner().invoke(cli.app, [str(a) for a in args], env=env)
 
 
 @pytest.fixture

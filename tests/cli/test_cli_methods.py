@@ -5,20 +5,13 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import ssmprune_cli
-from ssmprune_cli import cli
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.models import create_model
+from _runner import run
 
 
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,18 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import ssmprune_cli
-from ssmprune_cli import cli, schemas
+from ssmprune_cli import schemas
 from ssmprune_cli.assets import demo_checkpoint
 from ssmprune_cli.data.images import find_images
 from ssmprune_cli.io.safetensors_io import save_model
 from ssmprune_cli.runtime import predictions
 from ssmprune_cli.models import create_model
 from ssmprune_cli.pruning.pruned_model import PrunedModel
+from _runner import run
 
 
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,11 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from ssmprune_cli import cli
 from ssmprune_cli.models import create_model
+from _runner import run
 
 
-def run(*args):
-    try:  # click < 8.2 mixes stderr into stdout unless told not to
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 def one_document(stdout: str):

@@ -5,9 +5,8 @@ import inspect
 import re
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from ssmprune_cli import cli, errors
+from ssmprune_cli import errors
+from _runner import run
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLASSES = [c for _, c in inspect.getmembers(errors, inspect.isclass)
@@ -30,10 +29,6 @@ def test_readme_and_cli_doc_link_to_it():
 
 
 def test_a_failing_json_command_prints_one_error_line_and_nothing_on_stdout(tmp_path):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    res = runner.invoke(cli.app, ["analyze", str(tmp_path / "missing.pth"), "--json"])
+    res = run("analyze", tmp_path / "missing.pth", "--json")
     assert res.exit_code == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines() == [f"error: no such file: {tmp_path / 'missing.pth'}"]
