@@ -287,19 +287,23 @@ def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
     if not a_is_log:
         return _scaled_transpose(A)
     if A.is_inference():  # no version counter to tell an update (a tensor a compiled graph made, say): no cache
-        with torch.no_grad():
-            return (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
+        return _scaled_from_log(A)
     stamp = (A.data_ptr(), A._version, A.device, tuple(A.shape))
     entry = _A_CACHE.get(id(A))
     if entry is not None and entry[0]() is A and entry[1] == stamp:
         return entry[2]
-    with torch.inference_mode(False), torch.no_grad():
-        hit = (-torch.exp(A.detach().float()) * K.LOG2E).t().contiguous()
+    with torch.inference_mode(False):
+        hit = _scaled_from_log(A)
     if len(_A_CACHE) > 4096:
         _A_CACHE.clear()
     key = id(A)
     _A_CACHE[key] = (weakref.ref(A, lambda _ref, key=key: _A_CACHE.pop(key, None)), stamp, hit)
     return hit
+
+
+def _scaled_from_log(A_log: Tensor) -> Tensor:
+    with torch.no_grad():
+        return (-torch.exp(A_log.detach().float()) * K.LOG2E).t().contiguous()
 
 
 def token_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, gap=None, delta_fill=None,
