@@ -7,8 +7,8 @@
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the token scan and gather conv
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
-#   base    the same cases with an older tree in .base/ (git archive of the commit to compare against), run
-#           after `models` in the same call, so both are timed on the same machine
+#   base    the same cases with an older tree in .base/ (git archive of the commit to compare against; BASE=dir
+#           names another), run after `models` in the same call, so both are timed on the same machine
 #   scan / norm / conv   the kernel benchmarks
 #   train   fine-tuning throughput, dense against pruned
 #   trainbase  the same with the older tree in .base/, after `train` in the same call
@@ -32,7 +32,8 @@ cases=${CASES:-vim_small plainmamba_l3 groupmamba_tiny}
 for step in "$@"; do
     case "$step" in
         tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
-                   tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py 2>&1 \
+                   tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py \
+                   tests/ops/test_layout_maps.py 2>&1 \
                    | tee "$out/tests.txt" | tail -60 ;;
         quick) python3 -m pytest -q -x tests/ops/test_token_scan.py -k "one_state or a_log or small_state or bf16" \
                    2>&1 | tee "$out/tests.txt" | tail -3 ;;
@@ -41,7 +42,7 @@ for step in "$@"; do
         models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases ${MODELS_ARGS:-} \
                    --json "$out/models.json" \
                    2>&1 | tee "$out/models.txt" | tail -4 ;;
-        base) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
+        base) (cd "${BASE:-.base}" && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
                    --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;
         logits) (cd .base && python3 ../benchmarks/same_logits.py run "$out/logits_base.pt" >/dev/null) && \
                 python3 benchmarks/same_logits.py run "$out/logits_new.pt" >/dev/null && \

@@ -27,13 +27,15 @@ import torch
 from torch import Tensor
 
 from . import selective_scan_kernels as K
-from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transpose, _vec
+from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transpose, _sm_count, _vec
 
 import triton
 import triton.language as tl
 
-# One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state.
-LAUNCH: Dict[str, Dict[str, int]] = {"states": {"num_warps": 1}, "one_state": {"BT": 128, "BE": 16, "num_warps": 4}}
+# One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state, which
+# ends on shorter tiles when the grid gives every SM at least `tail_warps_per_sm` warps.
+LAUNCH: Dict[str, Dict[str, int]] = {"states": {"num_warps": 1},
+                                     "one_state": {"BT": 128, "BE": 16, "num_warps": 4, "tail_warps_per_sm": 16}}
 _TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
 
 
@@ -164,6 +166,63 @@ def _linear_combine(a1, b1, a2, b2):
     return a1 * a2, a2 * b1 + b2
 
 
+@triton.jit
+def _one_state_tile(
+    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+    u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+    s_ur, s_dr, s_zr, s_ar, s_or,
+    BT: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
+    P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
+    SAVE: tl.constexpr,
+):
+    """Steps t0 … t0 + BT - 1 (those < S) by one parallel prefix; returns the state after the tile's last step."""
+    tt = t0 + tl.arange(0, BT)
+    mt = tt < S
+    m2 = mt[:, None] & me[None, :]
+    ru = _rows_tile(tt, S, ui_row, mt, U_IDX, REVERSE)
+    rp = _rows_tile(tt, S, pi_row, mt, P_IDX, REVERSE)
+    ro = _rows_tile(tt, S, oi_row, mt, O_IDX, REVERSE)
+    uu = tl.load(u_row + ru[:, None] * s_ur + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+    x = tl.load(dl_row + rp[:, None] * s_dr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+    bb = tl.load(Bt_ptr + rp * NP, mask=mt, other=0.0)
+    cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
+    if HAS_BIAS:
+        x += bias[None, :]
+    if SOFTPLUS:
+        dt, _unused = K._softplus(x, FAST, TERMS)
+    else:
+        dt = x
+    if HAS_GAP:
+        g = tl.load(g_row + tt, mask=mt, other=0.0).to(tl.float32)
+        dtd = dt + g[:, None] * fill[None, :]
+    else:
+        dtd = dt
+    # steps past S: decay 1, input 0, so the tile's last row carries the state of its last real step
+    a = tl.where(m2, K._ex2(dtd * a2[None, :], FAST), 1.0)
+    bx = tl.where(m2, dt * uu * bb[:, None], 0.0)
+    decay, h = tl.associative_scan((a, bx), 0, _linear_combine)
+    h += decay * carry[None, :]
+    last = (tl.arange(0, BT) == BT - 1)[:, None]
+    carry = tl.sum(tl.where(last, h, 0.0), axis=0)
+    if SAVE:
+        # h after step t is the state before step t + 1: keep it where t + 1 starts a 4-step chunk
+        nxt = tt + 1
+        keep = (nxt % 4 == 0) & (nxt < S)
+        tl.store(hs_ptr + (nxt // 4)[:, None] * E + offs_e[None, :], h, mask=m2 & keep[:, None])
+    y = h * cc[:, None]
+    if HAS_D:
+        y += Dv[None, :] * uu
+    if HAS_ACC:
+        y += tl.load(a_row + ro[:, None] * s_ar + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_row + ro[:, None] * s_zr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+        y *= zz * K._sigmoid(zz, FAST)
+    y *= out_scale
+    tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(o_row.dtype.element_ty), mask=m2)
+    return carry
+
+
 @triton.jit(do_not_specialize=["S"])
 def _token_scan_one_state_kernel(
     # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read)
@@ -177,11 +236,15 @@ def _token_scan_one_state_kernel(
     BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
     U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
-    TERMS: tl.constexpr, SAVE: tl.constexpr = False,
+    TERMS: tl.constexpr, SAVE: tl.constexpr = False, TAIL: tl.constexpr = False,
 ):
     """One state per channel (GroupMamba, VMamba: d_state = 1). The recurrence h <- a h + b is first order, so
     each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
     tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time.
+
+    TAIL: the steps after the last whole tile run in tiles of BT/2 and BT/4 (at most one of each, or one of BT),
+    so fewer than BT/4 padded steps are solved instead of up to BT - 1: 137 steps cost 160 instead of 256. It
+    costs at most one more serial tile, which the host avoids when the grid is too small to hide it.
 
     SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), 1, E) float32) for the backward."""
     pid_e = tl.program_id(0)
@@ -189,9 +252,11 @@ def _token_scan_one_state_kernel(
     offs_e = pid_e * BE + tl.arange(0, BE)
     me = offs_e < E
     a2 = tl.load(A2_ptr + offs_e, mask=me, other=0.0)
-    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else None
-    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else None
-    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else None
+    # unused vectors are zeros, not None: the tile helper takes them either way
+    zero = tl.zeros((BE,), dtype=tl.float32)
+    bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else zero
+    fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else zero
+    Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else zero
     Bt_ptr += pid_b * Lp * NP
     Ct_ptr += pid_b * Lp * NP
     u_row = u_ptr + pid_b * s_ub
@@ -203,55 +268,54 @@ def _token_scan_one_state_kernel(
     ui_row = ui_ptr + pid_b * s_uib
     pi_row = pi_ptr + pid_b * s_pib
     oi_row = oi_ptr + pid_b * s_oib
-    last = (tl.arange(0, BT) == BT - 1)[:, None]
     hs_ptr += pid_b * ((S + 3) // 4) * E
     if SAVE:
         tl.store(hs_ptr + offs_e, tl.zeros((BE,), dtype=tl.float32), mask=me)  # the state before step 0
 
     carry = tl.zeros((BE,), dtype=tl.float32)
-    for t0 in range(0, S, BT):
-        tt = t0 + tl.arange(0, BT)
-        mt = tt < S
-        m2 = mt[:, None] & me[None, :]
-        ru = _rows_tile(tt, S, ui_row, mt, U_IDX, REVERSE)
-        rp = _rows_tile(tt, S, pi_row, mt, P_IDX, REVERSE)
-        ro = _rows_tile(tt, S, oi_row, mt, O_IDX, REVERSE)
-        uu = tl.load(u_row + ru[:, None] * s_ur + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-        x = tl.load(dl_row + rp[:, None] * s_dr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-        bb = tl.load(Bt_ptr + rp * NP, mask=mt, other=0.0)
-        cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
-        if HAS_BIAS:
-            x += bias[None, :]
-        if SOFTPLUS:
-            dt, _unused = K._softplus(x, FAST, TERMS)
+    whole = S // BT
+    for i in range(0, whole):
+        carry = _one_state_tile(
+            i * BT, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+            u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+            s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
+            U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+    t0 = whole * BT
+    rest = S - t0
+    if TAIL:
+        if rest > (3 * BT) // 4:
+            carry = _one_state_tile(
+                t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+                u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+                s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
+                U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
         else:
-            dt = x
-        if HAS_GAP:
-            g = tl.load(g_row + tt, mask=mt, other=0.0).to(tl.float32)
-            dtd = dt + g[:, None] * fill[None, :]
-        else:
-            dtd = dt
-        # steps past S: decay 1, input 0, so the tile's last row carries the state of its last real step
-        a = tl.where(m2, K._ex2(dtd * a2[None, :], FAST), 1.0)
-        bx = tl.where(m2, dt * uu * bb[:, None], 0.0)
-        decay, h = tl.associative_scan((a, bx), 0, _linear_combine)
-        h += decay * carry[None, :]
-        carry = tl.sum(tl.where(last, h, 0.0), axis=0)
-        if SAVE:
-            # h after step t is the state before step t + 1: keep it where t + 1 starts a 4-step chunk
-            nxt = tt + 1
-            keep = (nxt % 4 == 0) & (nxt < S)
-            tl.store(hs_ptr + (nxt // 4)[:, None] * E + offs_e[None, :], h, mask=m2 & keep[:, None])
-        y = h * cc[:, None]
-        if HAS_D:
-            y += Dv[None, :] * uu
-        if HAS_ACC:
-            y += tl.load(a_row + ro[:, None] * s_ar + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_row + ro[:, None] * s_zr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-            y *= zz * K._sigmoid(zz, FAST)
-        y *= out_scale
-        tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+            if rest > BT // 4:
+                carry = _one_state_tile(
+                    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+                    u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+                    s_ur, s_dr, s_zr, s_ar, s_or, BT // 2, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
+                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+                t0 += BT // 2
+            if t0 < S:
+                carry = _one_state_tile(
+                    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+                    u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+                    s_ur, s_dr, s_zr, s_ar, s_or, BT // 4, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
+                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+    elif rest > 0:
+        carry = _one_state_tile(
+            t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+            u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
+            s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
+            U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+
+
+def _short_tail(grid, cfg, u: Tensor) -> bool:
+    """Finish with the one-state kernel's shorter tiles when the grid fills the GPU (throughput: fewer padded
+    steps win); with few programs a run is latency-bound and one more serial tile would cost more than it saves."""
+    sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
+    return grid[0] * grid[1] * cfg["num_warps"] >= cfg["tail_warps_per_sm"] * sms
 
 
 def _empty(shape, dtype, device) -> Tensor:
@@ -276,7 +340,7 @@ def _channel_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-_A_CACHE: Dict[int, tuple] = {}
+_A_CACHE: Dict[tuple, tuple] = {}
 
 
 def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
@@ -288,16 +352,20 @@ def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
         return _scaled_transpose(A)
     if A.is_inference():  # no version counter to tell an update (a tensor a compiled graph made, say): no cache
         return _scaled_from_log(A)
-    stamp = (A.data_ptr(), A._version, A.device, tuple(A.shape))
-    entry = _A_CACHE.get(id(A))
-    if entry is not None and entry[0]() is A and entry[1] == stamp:
+    # A view (VMamba's A_logs.view(4, E, N)[k], made anew every forward) is cached under the tensor it views, which
+    # lives as long as the parameter and shares its version counter.
+    owner = A if A._base is None else A._base
+    view = (A.storage_offset(), tuple(A.shape), tuple(A.stride()))
+    stamp = (A.data_ptr(), A._version, A.device)
+    key = (id(owner), view)
+    entry = _A_CACHE.get(key)
+    if entry is not None and entry[0]() is owner and entry[1] == stamp:
         return entry[2]
     with torch.inference_mode(False):
         hit = _scaled_from_log(A)
     if len(_A_CACHE) > 4096:
         _A_CACHE.clear()
-    key = id(A)
-    _A_CACHE[key] = (weakref.ref(A, lambda _ref, key=key: _A_CACHE.pop(key, None)), stamp, hit)
+    _A_CACHE[key] = (weakref.ref(owner, lambda _ref, key=key: _A_CACHE.pop(key, None)), stamp, hit)
     return hit
 
 
@@ -371,9 +439,10 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
         if N == 1:
             cfg = LAUNCH["one_state"]
-            _token_scan_one_state_kernel[(_cdiv(E, cfg["BE"]), b)](
+            grid = (_cdiv(E, cfg["BE"]), b)
+            _token_scan_one_state_kernel[grid](
                 u, delta, A2T, Bt, Ct, *common, S, E, Lp, float(out_scale), *strides,
-                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], **flags)
+                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], TAIL=_short_tail(grid, cfg, u), **flags)
         else:
             num_warps = LAUNCH["states"]["num_warps"]
             BE = 32 * num_warps

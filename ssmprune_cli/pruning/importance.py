@@ -67,8 +67,8 @@ def token_scores(name: str, o: Tensor, generator: Optional[torch.Generator] = No
 
 def select_tokens(scores: Tensor, keep: int, protected: Optional[Tensor] = None) -> Tensor:
     """Indices (b, keep) of the kept tokens in ascending original order; `protected` (b, P) are always kept."""
-    s = scores.float().clone()
+    s = scores.float()
     if protected is not None and protected.numel():
-        s.scatter_(1, protected, float("inf"))
+        s = s.scatter(1, protected, float("inf"))  # out of place: scores may be the caller's float32 tensor
     idx = s.topk(keep, dim=1, sorted=False).indices
     return idx.sort(dim=1).values

@@ -5,6 +5,7 @@ Inputs are drawn fresh for every case; outputs are compared relative to a float6
 """
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -159,7 +160,7 @@ def small_tiles(monkeypatch):
     """Several step tiles and channel blocks per row for the one-state kernel, even at tiny sizes."""
     from ssmprune_cli.kernels import token_scan as ts
 
-    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1})
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1, "tail_warps_per_sm": 10 ** 6})
 
 
 @pytest.mark.slow
@@ -169,6 +170,23 @@ def test_one_state_kernel_across_tiles(case, small_tiles):
     four tiles (the last one partial), 37 channels over three blocks, with every index form and option."""
     kw = _case(N=1, S=29, T=33, E=37, acc=True, B_bias="batch", **CASES[case], seed=40 + case)
     out = token_scan(**_on_device(kw), backend="triton")
+    assert rel(out, _loop_of(kw)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("S", [24, 25, 26, 29, 31])
+def test_one_state_kernel_short_tail_tiles(S, monkeypatch):
+    """On a full GPU the one-state kernel finishes on tiles of BT/2 and BT/4 after its whole tiles (BT = 8 here):
+    none (24 steps), one quarter (25, 26), a half and a quarter (29), or one whole tile again (31); the state
+    carries through each, and the steps past S stay unwritten (the output buffer is NaN-poisoned)."""
+    from ssmprune_cli.kernels import token_scan as ts
+
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1, "tail_warps_per_sm": 0})
+    monkeypatch.setattr(ts, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                              device=device))
+    kw = _case(N=1, S=S, T=S + 3, E=20, acc=True, idx="pair" if S % 2 else "none", reverse=S == 26, seed=S)
+    out = token_scan(**_on_device(kw), backend="triton")
+    assert out.shape == (2, S, 20) and torch.isfinite(out).all()
     assert rel(out, _loop_of(kw)) < 1e-5
 
 
@@ -198,6 +216,25 @@ def test_a_log_form_matches():
         made = (A_log + 0.1).to(DEVICE)
         got = token_scan(**_on_device(dict(kw_log, A=made)), a_is_log=True, backend="triton")
     assert rel(got, _loop_of(dict(kw, A=-torch.exp(A_log + 0.1)))) < 1e-5
+
+
+def test_a_log_cache_follows_views_of_a_parameter():
+    """VMamba hands the scan a new view of its stacked A_logs every forward: the cached A · log2(e) is found again
+    through the viewed parameter, each direction gets its own rows, and an update of the parameter is seen."""
+    from ssmprune_cli.kernels import token_scan as ts
+
+    base = torch.nn.Parameter(torch.randn(4 * 6, 2, dtype=torch.float32))
+    view = lambda k: base.view(4, 6, 2)[k]  # noqa: E731
+    want = lambda k: (-torch.exp(base.detach()[6 * k:6 * (k + 1)].double()) / math.log(2.0)).t()  # noqa: E731
+    first = ts._scaled_a(view(0), True)
+    assert first.shape == (2, 6) and first.is_contiguous()
+    assert ts._scaled_a(view(0), True) is first          # a fresh view of the same rows: served from the cache
+    second = ts._scaled_a(view(1), True)
+    assert rel(first, want(0)) < 1e-6 and rel(second, want(1)) < 1e-6 and rel(second, want(0)) > 1e-3
+    with torch.no_grad():
+        base.mul_(0.5)                                   # an optimizer step: the version the views share moves
+    again = ts._scaled_a(view(0), True)
+    assert again is not first and rel(again, want(0)) < 1e-6
 
 
 @pytest.mark.slow

@@ -28,9 +28,10 @@ def poisoned(monkeypatch):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Several channel blocks in the backward and step tiles in the one-state forward, even at tiny sizes: dB and
-    dC are then summed over blocks, and the N = 1 forward saves states across tiles."""
+    dC are then summed over blocks, and the N = 1 forward saves states across whole tiles and its shorter tail
+    tiles (4 and 2 steps)."""
     monkeypatch.setitem(tb.LAUNCH, "bwd", {"BE": 8, "num_warps": 1})
-    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 4, "BE": 16, "num_warps": 1})
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1, "tail_warps_per_sm": 0})
 
 
 def _leaves(kw, dtype=None, device=None):
@@ -115,8 +116,8 @@ def test_several_channel_blocks(idx, small_blocks):
 
 @pytest.mark.parametrize("idx", ["none", "pair"])
 def test_single_state(idx, small_blocks):
-    """N = 1 (GroupMamba): the one-state forward (4-step tiles here) saves the states the shared backward reads."""
-    check(_case(b=2, E=20, N=1, S=9, T=11, idx=idx, acc=True, reverse=idx == "none", B_bias="shared", seed=12))
+    """N = 1 (GroupMamba): the one-state forward (8-step tiles, then a 4- and a 2-step tile here) saves the states the shared backward reads."""
+    check(_case(b=2, E=20, N=1, S=13, T=15, idx=idx, acc=True, reverse=idx == "none", B_bias="shared", seed=12))
 
 
 def test_rows_read_twice_accumulate():

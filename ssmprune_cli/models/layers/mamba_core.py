@@ -100,19 +100,16 @@ def scan_plan(layout: Optional[TokenLayout], length: int, order: Optional[Tensor
         o = order.to(torch.int32)
         return ScanPlan(u_idx=o, p_idx=None if pairing else o, o_idx=o, length=length)
     if order is None:
-        steps, src = layout.raster_steps(reverse)
+        maps = layout.order_maps(reverse=reverse)
         # kept tokens in (reversed) position order: identity rows, walked backwards for the reversed sequence
-        return ScanPlan(reverse=reverse, gap=layout.step_gaps(steps), steps=steps, length=length)
+        return ScanPlan(reverse=reverse, gap=maps.gap, steps=maps.steps, length=length)
     if key is None:
         raise ValueError("a scan order over a pruned layout needs a cache key")
-    steps, src = layout.scan_steps(order, key=key)
-    gap = layout.step_gaps(steps)
-    src32 = layout.int32(("src", key), src)
+    maps = layout.order_maps(order, key=key)
     if pairing:
-        positions = layout.int32(("pos", key), order.to(steps.device)[steps])
-        return ScanPlan(u_idx=positions, p_idx=layout.int32(("steps", key), steps), o_idx=src32, gap=gap,
-                        steps=steps, length=length)
-    return ScanPlan(u_idx=src32, p_idx=src32, o_idx=src32, gap=gap, steps=steps, length=length)
+        return ScanPlan(u_idx=maps.pos, p_idx=maps.steps, o_idx=maps.src, gap=maps.gap, steps=maps.steps,
+                        length=length)
+    return ScanPlan(u_idx=maps.src, p_idx=maps.src, o_idx=maps.src, gap=maps.gap, steps=maps.steps, length=length)
 
 
 # ---------------------------------------------------------------------------------------------- Δ̂ and the scan
@@ -168,7 +165,7 @@ def _scan_reference(u, dt, A, B, C, D, delta_bias, plan, B_bias, fill, z, acc, o
         full = B_bias.expand(u.shape[0], *B_bias.shape[-2:]) if B_bias.dim() == 2 else B_bias
         Bb = t(full, plan.p_idx)
     y = aligned_scan_ref(t(u, plan.u_idx), t(dt, plan.p_idx), A, t(B, plan.p_idx), t(C, plan.p_idx), D, None,
-                         delta_bias, True, Bb, steps=plan.steps, length=plan.length, delta_fill=fill)
+                         delta_bias, True, Bb, steps=plan.steps.long(), length=plan.length, delta_fill=fill)
     out = _place(y.transpose(1, 2), plan.o_idx, plan.reverse)
     if acc is not None:
         out = acc + out

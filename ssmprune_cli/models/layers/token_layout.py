@@ -18,6 +18,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ssmprune_cli.ops.layout_maps import OrderMaps, nearest_kept, order_maps
+
 CONV_FILLS = ("hold", "packed", "zero")
 DELTA_FILLS = ("calib", "bias", "zero")
 
@@ -64,14 +66,6 @@ class TokenLayout:
             self._cache[key] = fn()
         return self._cache[key]
 
-    def mask(self) -> Tensor:
-        """(b, L) bool, True at kept positions."""
-        def make():
-            m = torch.zeros(self.batch, self.length, dtype=torch.bool, device=self.keep.device)
-            # a tensor source, not a Python bool: torch.jit.trace (fvcore) has no scatter overload for bool
-            return m.scatter(1, self.keep, torch.ones_like(self.keep, dtype=torch.bool))
-        return self._cached("mask", make)
-
     def rank(self) -> Tensor:
         """(b, L) long: index of each position in the kept array, -1 where pruned."""
         def make():
@@ -80,19 +74,24 @@ class TokenLayout:
             return r.scatter(1, self.keep, ar)
         return self._cached("rank", make)
 
+    def order_maps(self, order: Optional[Tensor] = None, reverse: bool = False,
+                   key: Optional[str] = None) -> OrderMaps:
+        """The kept steps of a scan order and what they read (ops/layout_maps.py): `order` (L,) the position
+        visited at each step, or None for position order (walked backwards with `reverse`; those also carry the
+        1-D 'hold' fill of that direction)."""
+        if order is None:
+            return self._cached(("order", "raster", reverse), lambda: order_maps(
+                self.rank(), self.num_kept, None, reverse, hold=True))
+        name = key if key is not None else (order.data_ptr(), order.numel())
+        return self._cached(("order", name), lambda: order_maps(self.rank(), self.num_kept, order))
+
     def scan_steps(self, order: Tensor, key: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """For a scan order (L,) of positions: the kept steps (b, K) ascending, and their kept-array index.
 
         A step is kept when the token it reads (order[step]) is kept.
         """
-        def make():
-            o = order.to(self.keep.device)
-            kept_step = self.mask()[:, o]                                  # (b, L)
-            ar = torch.arange(self.length, device=o.device)
-            steps = torch.where(kept_step, ar, ar + self.length).sort(dim=1).values[:, : self.num_kept]
-            src = self.rank().gather(1, o[steps])
-            return steps, src
-        return self._cached(("steps", key if key is not None else (order.data_ptr(), order.numel())), make)
+        maps = self.order_maps(order, key=key)
+        return maps.steps.long(), maps.src.long()
 
     def fill_index(self, kind: str) -> Tensor:
         """(b, L) kept-array index that each position reads, -1 for zero.
@@ -100,31 +99,24 @@ class TokenLayout:
         kind: 'zero', 'forward' (1-D hold in raster order), 'backward' (1-D hold in reversed order),
         'grid' (2-D hold: nearest kept token on the grid).
         """
-        return self._cached(("fill", kind), lambda: self._fill_index(kind))
-
-    def _fill_index(self, kind: str) -> Tensor:
-        rank = self.rank()
         if kind == "zero":
-            return rank
-        if kind == "forward":
-            return rank.cummax(dim=1).values
-        if kind == "backward":
-            r = torch.where(rank < 0, torch.full_like(rank, self.num_kept), rank)
-            r = r.flip(1).cummin(dim=1).values.flip(1)
-            return torch.where(r >= self.num_kept, torch.full_like(r, -1), r)
+            return self.rank()
+        return self._cached(("fill", kind), lambda: self.source_map(kind).long())
+
+    def source_map(self, kind: str) -> Tensor:
+        """(b, L) int32 (the kernels' index type): the kept row each position reads under a fill kind
+        (`fill_index`), -1 for zero."""
+        return self._cached(("source", kind), lambda: self._source_map(kind))
+
+    def _source_map(self, kind: str) -> Tensor:
+        if kind == "zero":
+            return self.rank().to(torch.int32)
+        if kind in ("forward", "backward"):
+            return self.order_maps(reverse=kind == "backward").hold
         if kind == "grid":
             if self.grid is None:
                 raise ValueError("2-D fill needs a grid")
-            H, W = self.grid
-            dev = self.keep.device
-            yy, xx = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
-            coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=-1).to(torch.float32)  # (L, 2)
-            out = []
-            for chunk in self.keep.split(16, dim=0):  # bound the (b, L, K) distance matrix
-                kept_xy = coords[chunk]                                                     # (c, K, 2)
-                d = torch.cdist(coords.expand(chunk.shape[0], -1, -1), kept_xy)             # (c, L, K)
-                out.append(d.argmin(dim=2))  # first minimum = lowest raster index among ties
-            return torch.cat(out, dim=0)
+            return nearest_kept(self.keep, self.grid)
         raise ValueError(f"unknown fill kind {kind!r}")
 
     # ------------------------------------------------------------------ what the kernels read
@@ -138,28 +130,6 @@ class TokenLayout:
     def keep_index(self) -> Tensor:
         """(b, K) int32 positions of the kept tokens."""
         return self.int32("keep", self.keep)
-
-    def source_map(self, kind: str) -> Tensor:
-        """(b, L) int32: the kept row each position reads under a fill kind (`fill_index`), -1 for zero."""
-        return self.int32(("fill", kind), lambda: self.fill_index(kind))
-
-    def raster_steps(self, reverse: bool = False) -> Tuple[Tensor, Tensor]:
-        """Kept steps of the raster order (or of the reversed sequence): step indices (b, K), ascending, and the
-        kept row each visits."""
-        def make():
-            if not reverse:
-                return self.keep, torch.arange(self.num_kept, device=self.keep.device).expand(self.batch, -1)
-            steps = (self.length - 1 - self.keep).flip(1)
-            src = torch.arange(self.num_kept - 1, -1, -1, device=self.keep.device).expand(self.batch, -1)
-            return steps, src
-        return self._cached(("raster", reverse), make)
-
-    def step_gaps(self, steps: Tensor) -> Tensor:
-        """(b, K) float32: pruned steps just before each kept step (`steps` from this layout's caches)."""
-        def make():
-            prev = torch.cat([steps.new_full((steps.shape[0], 1), -1), steps[:, :-1]], dim=1)
-            return (steps - prev - 1).to(torch.float32)
-        return self._cached(("gaps", id(steps)), make)
 
     # ------------------------------------------------------------------ moving tokens
     def scatter(self, x: Tensor, fill_kind: str = "zero") -> Tensor:

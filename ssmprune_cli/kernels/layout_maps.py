@@ -1,0 +1,136 @@
+"""Triton forms of `ssmprune_cli.ops.layout_maps` (the definitions and shapes are there).
+
+`order_maps`: one program per image walks the scan order in blocks of BLOCK steps, carrying how many kept steps it
+has seen and the last one; a prefix sum numbers the kept steps of a block and a running maximum finds each step's
+previous (and last) kept step, so every output is written in one pass.
+
+`nearest_kept`: one program per block of BL positions of one image compares them with every kept token, BK at a
+time, by squared grid distance in integers (exact; the first minimum, in ascending kept order, is the lowest
+raster index among ties).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+import triton
+import triton.language as tl
+
+LAUNCH = {"order": {"BLOCK": 1024, "num_warps": 4}, "nearest": {"BL": 32, "BK": 64, "num_warps": 4}}
+_FAR = 2 ** 30  # farther than any two cells of a grid the models use (squared distance)
+
+
+@triton.jit
+def _larger(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _visited(t, L, order_ptr, m, HAS_ORDER: tl.constexpr, REVERSE: tl.constexpr):
+    """The position step t visits (0 where m is False)."""
+    if HAS_ORDER:
+        return tl.load(order_ptr + t, mask=m, other=0).to(tl.int32)
+    elif REVERSE:
+        return tl.where(m, L - 1 - t, 0)
+    else:
+        return tl.where(m, t, 0)
+
+
+@triton.jit(do_not_specialize=["L", "K"])
+def _order_maps_kernel(rank_ptr, order_ptr, steps_ptr, src_ptr, pos_ptr, gap_ptr, hold_ptr, L, K, s_rb,
+                       BLOCK: tl.constexpr, HAS_ORDER: tl.constexpr, REVERSE: tl.constexpr, HOLD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    rank_row = rank_ptr + b * s_rb
+    out = b * K
+    count = tl.zeros((), dtype=tl.int32)   # kept steps before this block
+    last = tl.full((), -1, dtype=tl.int32)  # the last kept step before this block
+    for t0 in range(0, L, BLOCK):
+        t = t0 + tl.arange(0, BLOCK)
+        m = t < L
+        o = _visited(t, L, order_ptr, m, HAS_ORDER, REVERSE)
+        r = tl.load(rank_row + o, mask=m, other=-1).to(tl.int32)
+        kept = (r >= 0) & m
+        j = count + tl.cumsum(kept.to(tl.int32), 0) - 1              # number of the kept step in the order
+        # the previous kept step of every step: the running maximum of the kept steps before it
+        mp = m & (t > 0)
+        rp = tl.load(rank_row + _visited(t - 1, L, order_ptr, mp, HAS_ORDER, REVERSE), mask=mp, other=-1)
+        prev = tl.maximum(tl.associative_scan(tl.where(mp & (rp >= 0), t - 1, -1), 0, _larger), last)
+        tl.store(steps_ptr + out + j, t, mask=kept)
+        tl.store(src_ptr + out + j, r, mask=kept)
+        tl.store(pos_ptr + out + j, o, mask=kept)
+        tl.store(gap_ptr + out + j, (t - prev - 1).to(tl.float32), mask=kept)
+        here = tl.where(kept, t, -1)
+        if HOLD:
+            # the kept row of the last kept step at or before each step, written at the step's position
+            lk = tl.maximum(tl.associative_scan(here, 0, _larger), last)
+            has = m & (lk >= 0)
+            rl = tl.load(rank_row + _visited(lk, L, order_ptr, has, HAS_ORDER, REVERSE), mask=has, other=-1)
+            tl.store(hold_ptr + b * L + o, rl.to(tl.int32), mask=m)
+        count += tl.sum(kept.to(tl.int32), axis=0)
+        last = tl.maximum(last, tl.max(here, axis=0))
+
+
+def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor], reverse: bool, hold: bool
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    b, L = rank.shape
+    K = int(num_kept)
+    dev = rank.device
+    rank = rank if rank.stride(-1) == 1 else rank.contiguous()
+    steps = torch.empty((b, K), dtype=torch.int32, device=dev)
+    src = torch.empty((b, K), dtype=torch.int32, device=dev)
+    pos = torch.empty((b, K), dtype=torch.int32, device=dev)
+    gap = torch.empty((b, K), dtype=torch.float32, device=dev)
+    held = torch.empty((b, L), dtype=torch.int32, device=dev) if hold else steps
+    if order is not None:
+        order = order.to(device=dev, dtype=torch.int32).contiguous()
+    if b and L:
+        cfg = LAUNCH["order"]
+        with torch.cuda.device(dev) if rank.is_cuda else contextlib.nullcontext():
+            _order_maps_kernel[(b,)](
+                rank, order if order is not None else rank, steps, src, pos, gap, held, L, K, rank.stride(0),
+                BLOCK=cfg["BLOCK"], HAS_ORDER=order is not None, REVERSE=bool(reverse), HOLD=bool(hold),
+                num_warps=cfg["num_warps"])
+    return steps, src, pos, gap, (held if hold else None)
+
+
+@triton.jit(do_not_specialize=["L", "K", "W"])
+def _nearest_kept_kernel(keep_ptr, out_ptr, L, K, W, s_kb, BL: tl.constexpr, BK: tl.constexpr, FAR: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    p = pid * BL + tl.arange(0, BL)
+    mp = p < L
+    pr = p // W
+    pc = p % W
+    best = tl.full((BL,), FAR, dtype=tl.int32)
+    arg = tl.zeros((BL,), dtype=tl.int32)
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        mk = k < K
+        q = tl.load(keep_ptr + b * s_kb + k, mask=mk, other=0).to(tl.int32)
+        dr = pr[:, None] - (q // W)[None, :]
+        dc = pc[:, None] - (q % W)[None, :]
+        d = tl.where(mk[None, :], dr * dr + dc * dc, FAR)
+        near, at = tl.min(d, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = near < best  # strict: an earlier block (lower raster index) keeps a tie
+        best = tl.where(better, near, best)
+        arg = tl.where(better, k0 + at, arg)
+    tl.store(out_ptr + b * L + p, arg, mask=mp)
+
+
+def nearest_kept(keep: Tensor, grid: Tuple[int, int]) -> Tensor:
+    b, K = keep.shape
+    H, W = grid
+    L = H * W
+    keep = keep if keep.stride(-1) == 1 else keep.contiguous()
+    out = torch.empty((b, L), dtype=torch.int32, device=keep.device)
+    if b and L and K:
+        cfg = LAUNCH["nearest"]
+        with torch.cuda.device(keep.device) if keep.is_cuda else contextlib.nullcontext():
+            _nearest_kept_kernel[(triton.cdiv(L, cfg["BL"]), b)](
+                keep, out, L, K, W, keep.stride(0), BL=cfg["BL"], BK=cfg["BK"], FAR=_FAR,
+                num_warps=cfg["num_warps"])
+    return out

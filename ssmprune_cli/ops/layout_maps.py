@@ -1,0 +1,95 @@
+"""Index maps of a pruned token layout (models/layers/token_layout.py): dispatch point plus the PyTorch definitions.
+
+    order_maps(rank, K, order, reverse, hold)   one scan order over the kept tokens
+    nearest_kept(keep, grid)                    the 2-D 'hold' conv fill: the nearest kept token of each cell
+
+Shapes: b images, L positions (a grid's cells in raster order), K kept tokens per image.
+    rank: (b, L) integer, the kept row of each position, -1 where pruned (TokenLayout.rank)
+    order: (L,) the position visited at each step of the scan, or None: position order, walked backwards with
+           `reverse` (step t visits L - 1 - t)
+    keep: (b, K) the kept positions, ascending
+
+`order_maps` returns an `OrderMaps` of the kept steps in ascending step order: `steps` (b, K) int32, the step
+indices; `src` (b, K) int32, the kept row each visits; `pos` (b, K) int32, the position each visits; `gap` (b, K)
+float32, the pruned steps just before each (what the aligned scan decays by Δ̂); and with `hold`, `hold` (b, L) int32:
+for every position, the kept row of the last kept step at or before the step that visits it, -1 if none (the 1-D
+'hold' conv fill of that order). `nearest_kept` returns (b, L) int32: the kept row nearest to each cell by Euclidean
+distance, ties to the lowest raster index.
+
+On CUDA each is one kernel launch (kernels/layout_maps.py) where the PyTorch forms take a dozen small ops: a
+pruned model's prune points were mostly launches of those, which batch-1 latency pays one by one. CPU tensors,
+tracing (fvcore) and torch.compile take the PyTorch forms; tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._kernels import kernel_module
+from .aligned_scan import gaps_from_steps
+from .selective_scan import current_backend
+
+
+class OrderMaps(NamedTuple):
+    steps: Tensor
+    src: Tensor
+    pos: Tensor
+    gap: Tensor
+    hold: Optional[Tensor] = None
+
+
+def _use_kernel(t: Tensor, backend: Optional[str]) -> bool:
+    name = backend or current_backend()
+    if name == "auto":
+        name = "triton" if t.is_cuda else "reference"
+    if name not in ("triton", "reference", "exact"):
+        raise ValueError(f"unknown layout-map backend {name!r}; choose one of auto, triton, reference, exact")
+    return name == "triton" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
+def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reverse: bool = False,
+               hold: bool = False, backend: Optional[str] = None) -> OrderMaps:
+    """The kept steps of one scan order and what the aligned layers read at them (module docstring)."""
+    if _use_kernel(rank, backend):
+        return OrderMaps(*kernel_module("layout_maps").order_maps(rank, num_kept, order, reverse, hold))
+    return order_maps_ref(rank, num_kept, order, reverse, hold)
+
+
+def order_maps_ref(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reverse: bool = False,
+                   hold: bool = False) -> OrderMaps:
+    b, L = rank.shape
+    t = torch.arange(L, device=rank.device)
+    o = order.to(device=rank.device, dtype=torch.long) if order is not None else (L - 1 - t if reverse else t)
+    r = rank[:, o]                                                   # (b, L) kept row at each step, -1 pruned
+    kept = r >= 0
+    steps = torch.where(kept, t, t + L).sort(dim=1).values[:, :num_kept]
+    held = None
+    if hold:
+        last = torch.where(kept, t, -1).cummax(dim=1).values      # the last kept step at or before each step
+        row = torch.where(last >= 0, r.gather(1, last.clamp(min=0)), -1)
+        held = row.scatter(1, o.expand(b, L), row).to(torch.int32)  # o is a permutation: every entry is written
+    return OrderMaps(steps.to(torch.int32), r.gather(1, steps).to(torch.int32), o[steps].to(torch.int32),
+                     gaps_from_steps(steps).to(torch.float32), held)
+
+
+def nearest_kept(keep: Tensor, grid: Tuple[int, int], backend: Optional[str] = None) -> Tensor:
+    """(b, L) int32: the kept row nearest to each cell of the grid (module docstring)."""
+    H, W = (int(v) for v in grid)
+    if _use_kernel(keep, backend):
+        return kernel_module("layout_maps").nearest_kept(keep, (H, W))
+    return nearest_kept_ref(keep, (H, W))
+
+
+def nearest_kept_ref(keep: Tensor, grid: Tuple[int, int]) -> Tensor:
+    H, W = grid
+    p = torch.arange(H * W, device=keep.device, dtype=torch.int32)
+    pr, pc = (p // W)[:, None], (p % W)[:, None]                                    # (L, 1)
+    out = []
+    for chunk in keep.to(torch.int32).split(16, dim=0):  # bound the (b, L, K) distance matrix
+        kr, kc = (chunk // W)[:, None, :], (chunk % W)[:, None, :]                    # (c, 1, K)
+        d = (pr - kr) ** 2 + (pc - kc) ** 2                                           # (c, L, K) exact integers
+        out.append(d.argmin(dim=2))  # first minimum = lowest raster index among ties
+    return torch.cat(out, dim=0).to(torch.int32)
