@@ -10,6 +10,8 @@ The models (official key layouts; each checkpoint carries its config, CIFAR-10 m
                  16×16 tokens
     groupmamba   GroupMamba, widths 48/96/144/192, depths 2/4/9/2 (GroupMamba-T's proportions), on CIFAR
                  upsampled to 64 px: 16×16 tokens in stage 1 (8×8, 4×4, 2×2 after)
+    demo         the embedded demo model (docs/demo.md): Vim width 128, 12 blocks, 32 px, patch 4 = 65 tokens;
+                 not a reference model, trained here so that its training is recorded and resumable too
 
 Each is 3.4-4.0 M parameters, so a checkpoint (< 16 MiB) and a training state (≤ 32 MB in parts) come back from
 the GPU machine and travel to it again with the data (64 MiB a call).
@@ -69,6 +71,9 @@ MODELS: Dict[str, Dict[str, Any]] = {
     "groupmamba": {"variant": "groupmamba_tiny", "img": 64, "options": dict(
         img_size=64, num_classes=10, embed_dims=[48, 96, 144, 192], depths=[2, 4, 9, 2], mlp_ratios=[4, 4, 4, 4],
         drop_path_rate=0.1)},
+    # the embedded demo model (docs/demo.md): 32 px, patch 4, 64 patches + class token = 65 tokens, 12 blocks
+    "demo": {"variant": "vim_test", "img": 32, "options": dict(
+        img_size=32, patch_size=4, stride=4, embed_dim=128, depth=12, d_state=16, num_classes=10)},
 }
 # --small: tiny variants of the same families, for a CPU smoke test
 SMALL: Dict[str, Dict[str, Any]] = {
@@ -77,6 +82,8 @@ SMALL: Dict[str, Dict[str, Any]] = {
     "plainmamba": {"variant": "plainmamba_test", "img": 32, "options": dict(img_size=32, patch_size=8,
                                                                             num_classes=10)},
     "groupmamba": {"variant": "groupmamba_test", "img": 32, "options": dict(img_size=32, num_classes=10)},
+    "demo": {"variant": "vim_test", "img": 32, "options": dict(img_size=32, patch_size=8, stride=8, depth=2,
+                                                               num_classes=10)},
 }
 # per-model training defaults (flags override all models alike)
 DEFAULTS = {"epochs": 100, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 5}
@@ -243,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="cifar10-jpeg.tar.gz, or its extracted cifar10/ folder")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "demo"], choices=list(MODELS))
     ap.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     ap.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     ap.add_argument("--lr", type=float, default=DEFAULTS["lr"])

@@ -85,8 +85,8 @@ def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor], reverse: bo
     pos = torch.empty((b, K), dtype=torch.int32, device=dev)
     gap = torch.empty((b, K), dtype=torch.float32, device=dev)
     held = torch.empty((b, L), dtype=torch.int32, device=dev) if hold else steps
-    if order is not None:
-        order = order.to(device=dev, dtype=torch.int32).contiguous()
+    if order is not None:  # any integer dtype: the kernel converts what it loads
+        order = order.to(device=dev).contiguous()
     if b and L:
         cfg = LAUNCH["order"]
         with torch.cuda.device(dev) if rank.is_cuda else contextlib.nullcontext():
