@@ -85,14 +85,15 @@ class PrunedModel(nn.Module):
         o = self._captured.pop(site)
         L, grid, protected = self.model.site_tokens(site)
         b = o.shape[0]
-        if layout is None:
-            layout = TokenLayout.full(b, L, device=o.device,
-                                      grid=grid if grid and grid[0] * grid[1] == L else None,
-                                      conv_fill=self.spec.conv_fill, delta_fill=self.spec.delta_fill)
+        kind = dict(grid=grid if grid and grid[0] * grid[1] == L else None, conv_fill=self.spec.conv_fill,
+                    delta_fill=self.spec.delta_fill)
+        first = layout is None  # every token is there: rows are positions (no layout to build for the look-up)
+        if first:
+            layout = TokenLayout.full(b, L, device=o.device, **kind)
         prot = None
         if protected:
             pos = self._protected(site, protected, o.device).expand(b, -1)
-            prot = layout.rank().gather(1, pos)
+            prot = pos if first else layout.rank().gather(1, pos)
         gen = None
         if self.spec.score == "random":
             gen = torch.Generator(device=o.device).manual_seed(self.spec.seed + _site_salt(site))
@@ -103,7 +104,7 @@ class PrunedModel(nn.Module):
         if self.spec.method != DEFAULT_METHOD or self._uses_delta:
             return self._reduce(site, tensors, layout, keep, prot, o, gen, refill)
         idx = select_tokens(token_scores(self.spec.score, o, gen), keep, prot)
-        new_layout = layout.select(idx, refill=refill)
+        new_layout = TokenLayout(idx, L, refill=refill, **kind) if first else layout.select(idx, refill=refill)
         return tuple(layout.take(t, idx) for t in tensors), new_layout
 
     def _reduce(self, site, tensors, layout, keep, prot, o, gen, refill):

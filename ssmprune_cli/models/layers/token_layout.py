@@ -44,7 +44,8 @@ class TokenLayout:
     # ------------------------------------------------------------------ construction
     @classmethod
     def full(cls, batch: int, length: int, device=None, **kw) -> "TokenLayout":
-        keep = torch.arange(length, device=device).expand(batch, length).contiguous()
+        # a view: a layout that only hands its keep to `select` launches nothing for it
+        keep = torch.arange(length, device=device).expand(batch, length)
         return cls(keep, length, **kw)
 
     def select(self, idx: Tensor, refill: Optional[Tensor] = None) -> "TokenLayout":
