@@ -131,13 +131,14 @@ def accuracy(model: nn.Module, data: TensorImages, mean, std, batch_size: int = 
     return 100.0 * correct / max(1, len(data))
 
 
-def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf16: bool):
+def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf16: bool, graphs: list):
     """The training forward (and the teacher's) replayed from CUDA graphs for batches shaped like `sample`; the
-    eager modules where capture fails."""
+    eager modules where capture fails. The model's graphs are appended to `graphs`, for train() to release."""
     from ssmprune_cli.ops.graphs import GraphedForward
 
     g = graphed_training(model, sample, bf16)
     fwd = g if g is not None and g.ok else model
+    graphs.append(g)
     teach = teacher
     if teacher is not None:
         try:
@@ -208,52 +209,58 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
     model.train()
     t0 = t10 = time.perf_counter()
     history = []
-    while step < total:
-        epoch, skip = divmod(step, steps_per_epoch)
-        for idx in epoch_batches(len(train_data), plan, cfg.seed, epoch, rank, world)[skip:]:
-            if step >= total:
-                break
-            idx = idx.to(train_data.images.device)
-            x, y = train_data.images[idx], train_data.labels[idx]
-            if cfg.augment:
-                x = augment(x, gen)
-            xf = normalise(x, mean, std)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
-            if graphs_pending:
-                graphs_pending = False
-                fwd, teach = _graphed(model, teacher, xf, use_bf16)
-            with autocast(use_bf16):
-                t_logits = None
-                if teach is not None:
-                    with torch.no_grad():
-                        t_logits = _logits(teach(xf))
-                out = fwd(xf)
-                loss = loss_fn(out, y, t_logits, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            if cfg.max_seconds > 0 and step == 10:
-                t10 = time.perf_counter()  # steps 10-30 time the steady state (no compile or autotune)
-            if cfg.max_seconds > 0 and step == 30:
-                per_step = (time.perf_counter() - t10) / 20
-                spent = time.perf_counter() - t0
-                total = max(step + 1, min(total, step + int((cfg.max_seconds - spent) / per_step)))
-            if on_step is not None:
-                on_step(step, total, float(loss.detach()))
-            if step % steps_per_epoch == 0 or step == total:
-                entry = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
-                if val_data is not None and rank == 0:
-                    entry["val_top1"] = accuracy(model, val_data, mean, std)
-                history.append(entry)
-                log.info("step %d/%d loss %.4f %s", step, total, entry["loss"],
-                         f"val {entry.get('val_top1', float('nan')):.2f}")
-                if checkpoint is not None and rank == 0:
-                    save_state(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                            "step": step, "config": asdict(cfg)})
+    graphs: list = []
+    try:
+        while step < total:
+            epoch, skip = divmod(step, steps_per_epoch)
+            for idx in epoch_batches(len(train_data), plan, cfg.seed, epoch, rank, world)[skip:]:
+                if step >= total:
+                    break
+                idx = idx.to(train_data.images.device)
+                x, y = train_data.images[idx], train_data.labels[idx]
+                if cfg.augment:
+                    x = augment(x, gen)
+                xf = normalise(x, mean, std)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, cfg)
+                if graphs_pending:
+                    graphs_pending = False
+                    fwd, teach = _graphed(model, teacher, xf, use_bf16, graphs)
+                with autocast(use_bf16):
+                    t_logits = None
+                    if teach is not None:
+                        with torch.no_grad():
+                            t_logits = _logits(teach(xf))
+                    out = fwd(xf)
+                    loss = loss_fn(out, y, t_logits, cfg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                step += 1
+                if cfg.max_seconds > 0 and step == 10:
+                    t10 = time.perf_counter()  # steps 10-30 time the steady state (no compile or autotune)
+                if cfg.max_seconds > 0 and step == 30:
+                    per_step = (time.perf_counter() - t10) / 20
+                    spent = time.perf_counter() - t0
+                    total = max(step + 1, min(total, step + int((cfg.max_seconds - spent) / per_step)))
+                if on_step is not None:
+                    on_step(step, total, float(loss.detach()))
+                if step % steps_per_epoch == 0 or step == total:
+                    entry = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - t0}
+                    if val_data is not None and rank == 0:
+                        entry["val_top1"] = accuracy(model, val_data, mean, std)
+                    history.append(entry)
+                    log.info("step %d/%d loss %.4f %s", step, total, entry["loss"],
+                             f"val {entry.get('val_top1', float('nan')):.2f}")
+                    if checkpoint is not None and rank == 0:
+                        save_state(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                "step": step, "config": asdict(cfg)})
+    finally:
+        for g in graphs:
+            if g is not None:
+                g.release()  # the model leaves train() with its own forward, however the loop ended
     model.eval()
     return {"steps": total, "batch_size": plan.batch_size, "steps_per_epoch": steps_per_epoch,
             "images_per_rank": plan.per_rank, "history": history, "config": asdict(cfg),

@@ -40,6 +40,9 @@ class GraphedTraining:
         self.bf16 = bf16
         self._eager: Callable = type(model).forward.__get__(model)
         self.ok = False
+        # make_graphed_callables replaces model.forward; a model graphed by an earlier train() call (one call per
+        # epoch, say) must be captured through its own forward, not by replaying the old graph inside the capture
+        model.__dict__.pop("forward", None)
         try:
             with autocast(bf16):
                 torch.cuda.make_graphed_callables(model, (sample,), num_warmup_iters=warmup)
@@ -55,6 +58,11 @@ class GraphedTraining:
         if self.ok and tuple(x.shape) == self.shape and self.model.training:
             return self.model(x)
         return self._eager(x)
+
+    def release(self) -> None:
+        """Give the model its own forward back (and the graphs' memory to the allocator once unreferenced)."""
+        self.model.__dict__.pop("forward", None)
+        self.ok = False
 
 
 def graphed_training(model: nn.Module, sample: Tensor, bf16: bool) -> Optional[GraphedTraining]:
