@@ -1,7 +1,7 @@
 """Triton forms of `ssmprune_cli.ops.layout_maps` (the definitions and shapes are there).
 
-`order_maps`: one program per image walks the scan order in blocks of BLOCK steps, carrying how many kept steps it
-has seen and the last one; a prefix sum numbers the kept steps of a block and a running maximum finds each step's
+`order_maps`: one program per image walks the scan order in blocks of BLOCK steps (no wider than the order: a 196-step
+order is one block of 256), carrying how many kept steps it has seen and the last one; a prefix sum numbers the kept steps of a block and a running maximum finds each step's
 previous (and last) kept step, so every output is written in one pass.
 
 `nearest_kept`: one program per block of BL positions of one image compares them with every kept token, BK at a
@@ -92,8 +92,8 @@ def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor], reverse: bo
         with torch.cuda.device(dev) if rank.is_cuda else contextlib.nullcontext():
             _order_maps_kernel[(b,)](
                 rank, order if order is not None else rank, steps, src, pos, gap, held, L, K, rank.stride(0),
-                BLOCK=cfg["BLOCK"], HAS_ORDER=order is not None, REVERSE=bool(reverse), HOLD=bool(hold),
-                num_warps=cfg["num_warps"])
+                BLOCK=min(cfg["BLOCK"], triton.next_power_of_2(L)), HAS_ORDER=order is not None,
+                REVERSE=bool(reverse), HOLD=bool(hold), num_warps=cfg["num_warps"])
     return steps, src, pos, gap, (held if hold else None)
 
 

@@ -100,8 +100,10 @@ def test_model_config_file_sets_what_shapes_cannot_tell(tmp_path):
 
 @pytest.mark.slow
 def test_prune_bench_speed_in_report_and_gate(tmp_path):
+    torch.manual_seed(0)  # a small CIFAR-sized Vim: what is tested is the bench and its gate, not the model
+    ckpt = save_model(create_model("vim_test", img_size=32, num_classes=10), tmp_path / "dense.safetensors")
     out = tmp_path / "b"
-    res = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--bench", "--bench-batch", "4",
+    res = run("prune", ckpt, "--ratio", "0.4", "--delta-fill", "bias", "--bench", "--bench-batch", "4",
               "--bench-repeats", "3", "--min-speedup", "1000", "-o", out, "--json", "--no-progress")
     assert res.exit_code == 3, res.stderr  # no model gets 1000x faster: the gate fails on purpose
     report = json.loads(res.stdout)
@@ -113,7 +115,7 @@ def test_prune_bench_speed_in_report_and_gate(tmp_path):
     assert [g["gate"] for g in report["gates"]] == ["--min-speedup"] and not report["gates"][0]["passed"]
     assert "min-speedup" in res.stderr
     assert "Speed" in (out / "report.md").read_text()
-    no_bench = run("prune", "--ratio", "0.4", "--delta-fill", "bias", "--min-speedup", "1.1", "-o",
+    no_bench = run("prune", ckpt, "--ratio", "0.4", "--delta-fill", "bias", "--min-speedup", "1.1", "-o",
                    tmp_path / "c", "--no-progress")
     assert no_bench.exit_code == 2 and "--bench" in no_bench.stderr
 

@@ -119,10 +119,17 @@ def _run_step(step, env):
 
 
 @pytest.mark.slow
-def test_workflow_steps_run_on_the_demo_model(cifar_test_dir, tmp_path):
-    """The workflow's own shell steps, in order, with the job's env where the test's tiny sizes replace it: all
-    pass; then with a FLOPs limit no model meets, the prune step exits 3 with the annotation and still leaves the
-    report for the upload step."""
+def test_workflow_steps_run_on_a_small_model(cifar_test_dir, tmp_path):
+    """The workflow's own shell steps, in order, with the job's env where the test's tiny sizes replace it (a small
+    CIFAR-sized Vim checkpoint as CKPT): all pass; then with a FLOPs limit no model meets, the prune step exits 3
+    with the annotation and still leaves the report for the upload step."""
+    import torch
+
+    from ssmprune_cli.io.safetensors_io import save_model
+    from ssmprune_cli.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = save_model(create_model("vim_test", img_size=32, num_classes=10), tmp_path / "dense.safetensors")
     wf, _ = _workflow()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -130,7 +137,7 @@ def test_workflow_steps_run_on_the_demo_model(cifar_test_dir, tmp_path):
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ssmprune_cli "$@"\n')
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, **{k: str(v) for k, v in wf["jobs"]["compress"]["env"].items()}}
-    env.update(CKPT=str(demo_checkpoint()), CALIB=str(cifar_test_dir), VAL=str(cifar_test_dir), VAL_LIMIT="20",
+    env.update(CKPT=str(ckpt), CALIB=str(cifar_test_dir), VAL=str(cifar_test_dir), VAL_LIMIT="20",
                CALIB_IMAGES="8", MAX_GMACS="1", MAX_ACC_DROP="100", MIN_SPEEDUP="0.01", BENCH_BATCH="2",
                BENCH_WARMUP="1", BENCH_REPEATS="2", GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"),
                PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", WORKDIR=str(tmp_path),
