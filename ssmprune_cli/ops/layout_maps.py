@@ -29,8 +29,13 @@ import torch
 from torch import Tensor
 
 from ._kernels import kernel_module
+from .profiling import op_range
 from .aligned_scan import gaps_from_steps
 from .selective_scan import current_backend
+
+
+# the profiler range of the kernels (`bench --stages` files it under "pruning / index")
+RANGE = "ssmprune::layout_index_maps"
 
 
 class OrderMaps(NamedTuple):
@@ -54,7 +59,8 @@ def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reve
                hold: bool = False, backend: Optional[str] = None) -> OrderMaps:
     """The kept steps of one scan order and what the aligned layers read at them (module docstring)."""
     if _use_kernel(rank, backend):
-        return OrderMaps(*kernel_module("layout_maps").order_maps(rank, num_kept, order, reverse, hold))
+        with op_range(RANGE):
+            return OrderMaps(*kernel_module("layout_maps").order_maps(rank, num_kept, order, reverse, hold))
     return order_maps_ref(rank, num_kept, order, reverse, hold)
 
 
@@ -79,7 +85,8 @@ def nearest_kept(keep: Tensor, grid: Tuple[int, int], backend: Optional[str] = N
     """(b, L) int32: the kept row nearest to each cell of the grid (module docstring)."""
     H, W = (int(v) for v in grid)
     if _use_kernel(keep, backend):
-        return kernel_module("layout_maps").nearest_kept(keep, (H, W))
+        with op_range(RANGE):
+            return kernel_module("layout_maps").nearest_kept(keep, (H, W))
     return nearest_kept_ref(keep, (H, W))
 
 

@@ -140,6 +140,8 @@ def test_own_kernels_are_named_in_the_profile():
     assert _category("ssmprune::token_scan") == "scan"
     assert _category("ssmprune::gather_conv") == "conv"
     assert _category("ssmprune::add_norm") == "norm"
+    from ssmprune_cli.ops.layout_maps import RANGE
+    assert _category(RANGE + " (kernel)") == "pruning / index"  # the prune points' index-map kernels
 
 
 def test_kernels_no_op_claims_are_counted_by_their_range():
