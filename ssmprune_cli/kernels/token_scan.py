@@ -273,24 +273,24 @@ def _token_scan_one_state_kernel(
         tl.store(hs_ptr + offs_e, tl.zeros((BE,), dtype=tl.float32), mask=me)  # the state before step 0
 
     carry = tl.zeros((BE,), dtype=tl.float32)
-    whole = S // BT
-    for i in range(0, whole):
+    # whole tiles; without TAIL the last one is partial (steps past S masked)
+    tiles = S // BT if TAIL else (S + BT - 1) // BT
+    for i in range(0, tiles):
         carry = _one_state_tile(
             i * BT, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
             u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
             s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
             U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
-    t0 = whole * BT
-    rest = S - t0
     if TAIL:
-        if rest > (3 * BT) // 4:
+        t0 = tiles * BT
+        if S - t0 > (3 * BT) // 4:
             carry = _one_state_tile(
                 t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                 u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
                 s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
                 U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
         else:
-            if rest > BT // 4:
+            if S - t0 > BT // 4:
                 carry = _one_state_tile(
                     t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
@@ -303,12 +303,6 @@ def _token_scan_one_state_kernel(
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
                     s_ur, s_dr, s_zr, s_ar, s_or, BT // 4, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
                     HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
-    elif rest > 0:
-        carry = _one_state_tile(
-            t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
-            u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-            s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
-            U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
 
 
 def _short_tail(grid, cfg, u: Tensor) -> bool:

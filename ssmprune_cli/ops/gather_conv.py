@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._kernels import kernel_module
 from .profiling import op_range
-from .selective_scan import current_backend
+from .selective_scan import resolve_backend
 
 GATHER_CONV_OP = "prim::PythonOp.TracedGatherConv"
 
@@ -80,9 +80,7 @@ def gather_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[i
     H, W = (int(v) for v in grid)
     ph, pw = (int(v) for v in padding)
     _check(x, weight, bias, H, W, keep, src)
-    name = backend or current_backend()
-    if name == "auto":
-        name = "triton" if x.is_cuda else "reference"
+    name = resolve_backend(backend, x)
     if torch.compiler.is_compiling():
         name = "reference"  # torch.compile traces the PyTorch form (inductor fuses its gathers itself)
     if name not in ("triton", "reference", "exact"):

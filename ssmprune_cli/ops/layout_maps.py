@@ -31,7 +31,7 @@ from torch import Tensor
 from ._kernels import kernel_module
 from .profiling import op_range
 from .aligned_scan import gaps_from_steps
-from .selective_scan import current_backend
+from .selective_scan import resolve_backend
 
 
 # the profiler range of the kernels (`bench --stages` files it under "pruning / index")
@@ -47,9 +47,7 @@ class OrderMaps(NamedTuple):
 
 
 def _use_kernel(t: Tensor, backend: Optional[str]) -> bool:
-    name = backend or current_backend()
-    if name == "auto":
-        name = "triton" if t.is_cuda else "reference"
+    name = resolve_backend(backend, t)
     if name not in ("triton", "reference", "exact"):
         raise ValueError(f"unknown layout-map backend {name!r}; choose one of auto, triton, reference, exact")
     return name == "triton" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()

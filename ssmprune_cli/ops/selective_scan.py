@@ -47,6 +47,15 @@ def current_backend() -> str:
     return _backend
 
 
+def resolve_backend(backend: Optional[str], t: Tensor) -> str:
+    """The backend an op runs for tensor `t`: `backend`, else the switch above; 'auto' means the Triton kernels on
+    CUDA and the PyTorch reference elsewhere."""
+    name = backend or _backend
+    if name == "auto":
+        name = "triton" if t.is_cuda else "reference"
+    return name
+
+
 _shapes_only = False
 
 
@@ -168,9 +177,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    B_bias=None, gap=None, delta_fill=None, backend: Optional[str] = None) -> Tensor:
     """The scan every model calls. CUDA tensors go to the Triton kernels, CPU tensors to the chunked reference;
     `backend` (or `scan_backend(...)` / $SSMPRUNE_SCAN_BACKEND) forces one."""
-    name = backend or _backend
-    if name == "auto":
-        name = "triton" if u.is_cuda else "reference"
+    name = resolve_backend(backend, u)
     if torch.jit.is_tracing():
         absent = u.new_empty(0)
         opt = [absent if t is None else t for t in (D, z, delta_bias, B_bias, gap, delta_fill)]

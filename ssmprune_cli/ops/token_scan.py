@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ._kernels import kernel_module
 from .profiling import op_range
-from .selective_scan import current_backend, selective_scan
+from .selective_scan import resolve_backend, selective_scan
 
 
 def _rows(x: Tensor, idx: Optional[Tensor], S: int, reverse: bool) -> Tensor:
@@ -102,9 +102,7 @@ def token_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, B_bias=None, 
     `token_scan_ref` otherwise (module docstring).
 
     a_is_log: A holds the parameter A_log and the scan uses -exp(A_log) (the kernel caches its copy of it)."""
-    name = backend or current_backend()
-    if name == "auto":
-        name = "triton" if u.is_cuda else "reference"
+    name = resolve_backend(backend, u)
     tensors = (u, delta, A, B, C, D, z, delta_bias, B_bias, gap, delta_fill, acc)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     fused = (name == "triton" and not torch.jit.is_tracing()

@@ -131,14 +131,13 @@ def accuracy(model: nn.Module, data: TensorImages, mean, std, batch_size: int = 
     return 100.0 * correct / max(1, len(data))
 
 
-def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf16: bool, graphs: list):
+def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf16: bool):
     """The training forward (and the teacher's) replayed from CUDA graphs for batches shaped like `sample`; the
-    eager modules where capture fails. The model's graphs are appended to `graphs`, for train() to release."""
+    eager modules where capture fails. Third: the model's graphs (or None), for train() to release."""
     from ssmprune_cli.ops.graphs import GraphedForward
 
     g = graphed_training(model, sample, bf16)
     fwd = g if g is not None and g.ok else model
-    graphs.append(g)
     teach = teacher
     if teacher is not None:
         try:
@@ -146,7 +145,7 @@ def _graphed(model: nn.Module, teacher: Optional[nn.Module], sample: Tensor, bf1
             teach = lambda x: graphed(x) if x.shape == sample.shape else teacher(x)  # noqa: E731
         except Exception as exc:  # the teacher then runs eagerly; training is unaffected
             log.warning("CUDA graphs unavailable for the teacher (%s); it runs eagerly", type(exc).__name__)
-    return fwd, teach
+    return fwd, teach, g
 
 
 def save_state(path, state: Dict[str, Any]) -> None:
@@ -209,7 +208,7 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
     model.train()
     t0 = t10 = time.perf_counter()
     history = []
-    graphs: list = []
+    graphs = None
     try:
         while step < total:
             epoch, skip = divmod(step, steps_per_epoch)
@@ -225,7 +224,7 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
                     g["lr"] = lr_at(step, total, cfg)
                 if graphs_pending:
                     graphs_pending = False
-                    fwd, teach = _graphed(model, teacher, xf, use_bf16, graphs)
+                    fwd, teach, graphs = _graphed(model, teacher, xf, use_bf16)
                 with autocast(use_bf16):
                     t_logits = None
                     if teach is not None:
@@ -258,9 +257,8 @@ def train(model: nn.Module, train_data: TensorImages, cfg: TrainConfig, mean, st
                         save_state(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                 "step": step, "config": asdict(cfg)})
     finally:
-        for g in graphs:
-            if g is not None:
-                g.release()  # the model leaves train() with its own forward, however the loop ended
+        if graphs is not None:
+            graphs.release()  # the model leaves train() with its own forward, however the loop ended
     model.eval()
     return {"steps": total, "batch_size": plan.batch_size, "steps_per_epoch": steps_per_epoch,
             "images_per_rank": plan.per_rank, "history": history, "config": asdict(cfg),

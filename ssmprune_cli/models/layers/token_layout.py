@@ -121,16 +121,9 @@ class TokenLayout:
         raise ValueError(f"unknown fill kind {kind!r}")
 
     # ------------------------------------------------------------------ what the kernels read
-    def int32(self, key, fn_or_tensor) -> Tensor:
-        """A cached int32 copy (the kernels' index type) of an index tensor, or of what a callable returns."""
-        def make():
-            t = fn_or_tensor() if callable(fn_or_tensor) else fn_or_tensor
-            return t.to(torch.int32).contiguous()
-        return self._cached(("i32", key), make)
-
     def keep_index(self) -> Tensor:
-        """(b, K) int32 positions of the kept tokens."""
-        return self.int32("keep", self.keep)
+        """(b, K) int32 positions of the kept tokens (the kernels' index type)."""
+        return self._cached("keep32", lambda: self.keep.to(torch.int32).contiguous())
 
     # ------------------------------------------------------------------ moving tokens
     def scatter(self, x: Tensor, fill_kind: str = "zero") -> Tensor:
