@@ -288,7 +288,8 @@ def timings(case, dname, device, timer, copy_bw):
 
 
 def sweep(case, dname, device, timer, kind):
-    """Median time of the forward (kind 'fwd') or of forward + backward (the backward kinds) per launch shape."""
+    """Median time of the forward (kind 'fwd', graph replays on CUDA) or of forward + backward (the backward kinds,
+    eager) per launch shape."""
     import torch
 
     from ssmprune_cli.kernels import gather_conv as gk
@@ -302,8 +303,11 @@ def sweep(case, dname, device, timer, kind):
     for tile, bc, warps in SWEEP:
         gk.LAUNCH[kind] = dict(saved, TILE=tile, BC=bc, num_warps=warps)
         if kind == "fwd":
+            # replayed from a CUDA graph: eager calls of these sizes time the host's launch (about 100 µs a call
+            # on the H100 host), not the kernel
             with torch.no_grad():
-                sec = timer(lambda: op(case, t, leaves[0][..., :C], leaves[1], leaves[2]))
+                fwd = lambda: op(case, t, leaves[0][..., :C], leaves[1], leaves[2])  # noqa: E731
+                sec = timer.graph(fwd) if device != "cpu" else timer(fwd)
         else:
             def step():
                 y = op(case, t, leaves[0][..., :C], leaves[1], leaves[2])

@@ -40,6 +40,8 @@ from torch import Tensor
 
 from ssmprune_cli.errors import BadInputError
 
+from .param_cache import derived
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Launch shapes. TILE: elements (outputs x channels) of a program's tile; BC: channels per program, capped at C
@@ -330,16 +332,27 @@ def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
+def _conv_params(weight: Tensor, bias: Optional[Tensor], trained: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The kernels' (taps, bias) copies. For parameters that get no gradient here they are made once per parameter
+    version (inference replays no copy kernels); parameters being trained (a CUDA graph replays the step after
+    every optimizer update) get them at each call, inside what the graph captures."""
+    if trained:
+        return _taps_major(weight), _vec(bias)
+    return derived(weight, "conv.taps", _taps_major), None if bias is None else derived(bias, "conv.bias", _vec)
+
+
 class GatherConvFn(torch.autograd.Function):
     """Forward and backward of the gather conv through the Triton kernels; `apply(x, weight, bias, keep, src, H,
-    W, ph, pw, flip, silu)`, absent tensors as None. Gradients for x, weight and bias, in their dtypes."""
+    W, ph, pw, flip, silu, trained)`, absent tensors as None; `trained`: the weight or bias gets a gradient (its
+    kernel copies are then made at every call, see `_conv_params`). Gradients for x, weight and bias, in their
+    dtypes."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu):
+    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu, trained=True):
         b, K, C = (int(s) for s in x.shape)  # ints even under jit tracing, where shapes are traced tensors
         KH, KW = int(weight.shape[1]), int(weight.shape[2])
         M = int(keep.shape[1]) if keep is not None else H * W
-        wt, bv = _taps_major(weight), _vec(bias)
+        wt, bv = _conv_params(weight, bias, trained)
         out = _empty((b, M, C), x.dtype, x.device)
         if b * M * C > 0:
             BT, BC, warps = _blocks("fwd", C)
@@ -388,7 +401,7 @@ class GatherConvFn(torch.autograd.Function):
             db = None if db32 is None else db32.to(b_dtype)
         if need_x:
             dx = _dx(g, wt, keep, src, b, K, C, H, W, M, x.dtype, flags)
-        return dx, dw, db, None, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None, None
 
 
 def _dx(g, wt, keep, src, b, K, C, H, W, M, dtype, flags) -> Tensor:
@@ -421,4 +434,5 @@ def gather_conv_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: 
     H, W = (int(v) for v in grid)
     ph, pw = (int(v) for v in padding)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        return GatherConvFn.apply(x, weight, bias, keep, src, H, W, ph, pw, bool(flip), bool(silu))
+        trained = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
+        return GatherConvFn.apply(x, weight, bias, keep, src, H, W, ph, pw, bool(flip), bool(silu), trained)

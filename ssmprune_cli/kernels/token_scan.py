@@ -20,13 +20,13 @@ shared-memory conversion. The step's loads are issued one step ahead of their us
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from . import selective_scan_kernels as K
+from .param_cache import derived
 from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transpose, _sm_count, _vec
 
 import triton
@@ -334,33 +334,12 @@ def _channel_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-_A_CACHE: Dict[tuple, tuple] = {}
-
-
 def _scaled_a(A: Tensor, a_is_log: bool) -> Tensor:
-    """(n, e) float32 A · log2(e), e contiguous. From a parameter A_log it is computed once per parameter version
-    (a forward then launches nothing for it, and a CUDA graph replays no copy). The entry belongs to the tensor
-    object (a weak reference): a freed tensor's address can be reused by a new one at version 0, so an address and
-    a version alone would serve a stale copy."""
+    """(n, e) float32 A · log2(e), e contiguous. From a parameter A_log it is made once per parameter version
+    (param_cache.derived): a forward then launches nothing for it, and a CUDA graph replays no copy."""
     if not a_is_log:
         return _scaled_transpose(A)
-    if A.is_inference():  # no version counter to tell an update (a tensor a compiled graph made, say): no cache
-        return _scaled_from_log(A)
-    # A view (VMamba's A_logs.view(4, E, N)[k], made anew every forward) is cached under the tensor it views, which
-    # lives as long as the parameter and shares its version counter.
-    owner = A if A._base is None else A._base
-    view = (A.storage_offset(), tuple(A.shape), tuple(A.stride()))
-    stamp = (A.data_ptr(), A._version, A.device)
-    key = (id(owner), view)
-    entry = _A_CACHE.get(key)
-    if entry is not None and entry[0]() is owner and entry[1] == stamp:
-        return entry[2]
-    with torch.inference_mode(False):
-        hit = _scaled_from_log(A)
-    if len(_A_CACHE) > 4096:
-        _A_CACHE.clear()
-    _A_CACHE[key] = (weakref.ref(owner, lambda _ref, key=key: _A_CACHE.pop(key, None)), stamp, hit)
-    return hit
+    return derived(A, "scan.A2T", _scaled_from_log)
 
 
 def _scaled_from_log(A_log: Tensor) -> Tensor:

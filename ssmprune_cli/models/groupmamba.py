@@ -166,12 +166,15 @@ class GroupMambaLayer(nn.Module):
         return [self.mamba_g1, self.mamba_g2, self.mamba_g3, self.mamba_g4]
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
-        x = self.norm(x)
+        n = self.norm  # one Triton kernel on the GPU, in the dtype the matmuls take (torch's ran in float32)
+        dtype = core.activation_dtype(x)
+        x, _ = add_norm(x, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)
         # CAM: mean over the tokens present (kept tokens only when pruned, docs/models/groupmamba.md)
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=1)))))
         ys = [m(xg, hw, layout) for m, xg in zip(self.groups(), x.chunk(4, dim=-1))]
-        y = torch.cat(ys, dim=-1) * self.skip_scale * x * gate[:, None]
-        return self.proj(self.norm(y))
+        # skip_scale · x · CAM as one (b, K, C) factor: two full-size products instead of three
+        y = torch.cat(ys, dim=-1) * (x * (self.skip_scale * gate)[:, None].to(dtype))
+        return self.proj(add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)[0])
 
 
 class PVT2FFN(nn.Module):
@@ -246,6 +249,8 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        if x.is_cuda:  # cuDNN's NHWC kernels; the flattened output is then token-major without a copy
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.proj(self.conv(x))
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw

@@ -16,6 +16,7 @@ from ssmprune_cli.errors import BadInputError, CheckpointError, RecipeError
 from ssmprune_cli.models import create_model, get_family, list_models
 from ssmprune_cli.models.layers import CONV_FILLS, DELTA_FILLS, TokenLayout, alignment_reference
 from ssmprune_cli.models.vim import (
+    PatchEmbed,
     VimConfig,
     VisionMamba,
     checkpoint_filter_fn,
@@ -311,6 +312,20 @@ def test_dense_forward_matches_reference(kw):
     _close(y, _ref_forward(m, x))
 
 
+@pytest.mark.parametrize("size,patch,stride", [(16, 4, 4), (18, 4, 4), (12, 4, 2)],
+                         ids=["whole", "remainder-cropped", "overlap-conv"])
+def test_patch_embed_equals_the_official_conv(size, patch, stride):
+    """Non-overlapping patches run as one matmul over the patch pixels; it must equal the official strided conv
+    (rows and columns past the last whole patch ignored), in float64 on fresh random weights and images."""
+    torch.manual_seed(size * 7 + stride)
+    embed = PatchEmbed(VimConfig(img_size=size, patch_size=patch, stride=stride, embed_dim=24, in_chans=3)).double()
+    x = torch.randn(3, 3, size, size, dtype=torch.float64)
+    want = F.conv2d(x, embed.proj.weight, embed.proj.bias, stride=stride).flatten(2).transpose(1, 2)
+    got = embed(x)
+    assert got.shape == want.shape == (3, ((size - patch) // stride + 1) ** 2, 24)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_wrong_input_size():
     m = create_model("vim_test")
     with pytest.raises(BadInputError):
@@ -406,11 +421,12 @@ def test_block_costs_match_counted_macs():
             counted[0] += out.numel() // out.shape[-1] * mod.in_features * mod.out_features
         elif isinstance(mod, torch.nn.Conv1d):  # depthwise
             counted[0] += out.numel() * mod.kernel_size[0]
-        elif isinstance(mod, torch.nn.Conv2d):
-            counted[0] += out.numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, PatchEmbed):  # its conv runs as a matmul over the patches: (b, M, D) out
+            conv = mod.proj
+            counted[0] += out.numel() * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
     handles = [mod.register_forward_hook(count) for mod in m.modules()
-               if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
+               if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, PatchEmbed))]
     c = m.cfg
     # Per token, both directions: the scan, dt_proj (applied functionally: its bias enters the scan) and the
     # depthwise conv (a kernel reading taps through the fill map, at kept tokens only).

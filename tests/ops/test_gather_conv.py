@@ -258,6 +258,48 @@ def test_kernel_partial_gradients(need):
     assert rel(got.cpu(), want) < 1e-5
 
 
+def test_parameter_copies_follow_updates_and_training():
+    """Without a gradient the taps/bias copies are made once per parameter version: a second call launches no copy,
+    an in-place update (optimizer step, load_state_dict) is seen at once; a conv being trained copies at every call
+    (a CUDA graph of the training step must replay that copy after each update)."""
+    from ssmprune_cli.kernels import param_cache
+
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6).to(DEVICE)
+    weight = lambda: conv.weight.view(6, 3, 3)  # noqa: E731  (a fresh view every call, as the models make)
+    x = torch.randn(2, 20, 6, device=DEVICE)
+    keep, src, _ = layout_maps(2, (4, 5), 11, "grid")
+    keep, src = keep.to(DEVICE), src.to(DEVICE)
+    made = []
+    real = gk._taps_major
+    counting = lambda w: made.append(1) or real(w)  # noqa: E731
+    gk._taps_major = counting
+    try:
+        param_cache.clear()
+
+        def run():
+            return gather_conv(x, weight(), conv.bias, (4, 5), (1, 1), keep, src, silu=True, backend="triton")
+
+        def want():
+            w, bias = weight().detach().double().cpu(), conv.bias.detach().double().cpu()
+            return gather_conv_ref(x.double().cpu(), w, bias, (4, 5), (1, 1), keep.cpu(), src.cpu(), silu=True)
+
+        with torch.no_grad():
+            first = run()
+            second = run()
+            assert len(made) == 1 and torch.equal(first, second)
+            conv.weight.mul_(-0.5)
+            conv.bias.add_(1.0)
+            updated = run()
+        assert len(made) == 2 and rel(updated.cpu(), want()) < 1e-5 and rel(first.cpu(), want()) > 1e-2
+        out = run()  # recorded for autograd: the weight is being trained
+        out.sum().backward()
+        assert len(made) == 3 and conv.weight.grad is not None and rel(out.detach().cpu(), want()) < 1e-5
+    finally:
+        gk._taps_major = real
+        param_cache.clear()
+
+
 def test_no_outputs():
     x = torch.randn(2, 5, 4, device=DEVICE, requires_grad=True)
     out = gather_conv(x, torch.randn(4, 1, 4, device=DEVICE), None, (1, 5), (0, 3),
