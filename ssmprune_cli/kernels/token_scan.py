@@ -14,7 +14,8 @@ A stream is an int32 (b, S) or shared (S,) array, or absent: then the row is the
 when REVERSE is set (Vim's backward direction reads kept tokens in descending order, in place).
 
 Per-token loads in this layout are one coalesced 2-byte (bf16) or 4-byte element per thread and step, with no
-shared-memory conversion. The step's loads are issued one step ahead of their use.
+shared-memory conversion. The step's loads (u, Δ, gap, z, acc) are issued one step ahead of their use, and the
+next step's B/C rows are asked into L1 (`prefetch.global.L1`) while this step computes.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def _rows(t, S, idx_ptr, HAS_IDX: tl.constexpr, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _step_inputs(t, S, u_row, dl_row, ui_row, pi_row, oi_row, gap_row, me, offs_e,
-                 s_ur, s_dr, U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr,
-                 REVERSE: tl.constexpr, HAS_GAP: tl.constexpr):
-    """Rows and per-token inputs of step t: (u, Δ pre-activation, gap, param row, out row)."""
+def _step_inputs(t, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, gap_row, me, offs_e,
+                 s_ur, s_dr, s_zr, s_ar, U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr,
+                 REVERSE: tl.constexpr, HAS_GAP: tl.constexpr, HAS_Z: tl.constexpr, HAS_ACC: tl.constexpr):
+    """Rows and per-token inputs of step t: (u, Δ pre-activation, gap, z, acc, param row, out row); z and acc are
+    zeros when absent (compiled away)."""
     ru = _rows(t, S, ui_row, U_IDX, REVERSE)
     rp = _rows(t, S, pi_row, P_IDX, REVERSE)
     ro = _rows(t, S, oi_row, O_IDX, REVERSE)
@@ -64,7 +66,15 @@ def _step_inputs(t, S, u_row, dl_row, ui_row, pi_row, oi_row, gap_row, me, offs_
         g = tl.load(gap_row + t).to(tl.float32)
     else:
         g = (t * 0).to(tl.float32)  # a run-time scalar, so the loop carries one type either way
-    return u, x, g, rp, ro
+    if HAS_Z:
+        z = tl.load(z_row + ro * s_zr + offs_e, mask=me, other=0.0).to(tl.float32)
+    else:
+        z = u * 0.0
+    if HAS_ACC:
+        a = tl.load(a_row + ro * s_ar + offs_e, mask=me, other=0.0).to(tl.float32)
+    else:
+        a = u * 0.0
+    return u, x, g, z, a, rp, ro
 
 
 @triton.jit(do_not_specialize=["S", "s_an", "s_he"])
@@ -109,13 +119,18 @@ def _token_scan_kernel(
     oi_row = oi_ptr + pid_b * s_oib
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
-    un, xn, gn, rpn, ron = _step_inputs(S * 0, S, u_row, dl_row, ui_row, pi_row, oi_row, g_row, me, offs_e, s_ur, s_dr,
-                                        U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP)
+    un, xn, gn, zn, an, rpn, ron = _step_inputs(S * 0, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, g_row,
+                                                me, offs_e, s_ur, s_dr, s_zr, s_ar, U_IDX, P_IDX, O_IDX, REVERSE,
+                                                HAS_GAP, HAS_Z, HAS_ACC)
     for t in range(0, S):
-        uu, x, g, rp, ro = un, xn, gn, rpn, ron
-        # the next step's rows and inputs, one step ahead (the last iteration re-reads its own, harmlessly)
-        un, xn, gn, rpn, ron = _step_inputs(tl.minimum(t + 1, S - 1), S, u_row, dl_row, ui_row, pi_row, oi_row,
-                                            g_row, me, offs_e, s_ur, s_dr, U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP)
+        uu, x, g, zz, acc, rp, ro = un, xn, gn, zn, an, rpn, ron
+        # the next step's rows and inputs, one step ahead (the last iteration re-reads its own, harmlessly), and
+        # its B/C rows asked into L1, so no load of a step waits on L2 or HBM
+        un, xn, gn, zn, an, rpn, ron = _step_inputs(tl.minimum(t + 1, S - 1), S, u_row, dl_row, z_row, a_row, ui_row,
+                                                    pi_row, oi_row, g_row, me, offs_e, s_ur, s_dr, s_zr, s_ar,
+                                                    U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP, HAS_Z, HAS_ACC)
+        K._prefetch_l1(Bt_ptr + rpn * NP, FAST)
+        K._prefetch_l1(Ct_ptr + rpn * NP, FAST)
         b = K._row16(Bt_ptr + rp * NP, offs_n, vec)
         c = K._row16(Ct_ptr + rp * NP, offs_n, vec)
         if SAVE:
@@ -141,9 +156,8 @@ def _token_scan_kernel(
         if HAS_D:
             y += Dv * uu
         if HAS_ACC:
-            y += tl.load(a_row + ro * s_ar + offs_e, mask=me, other=0.0).to(tl.float32)
+            y += acc
         if HAS_Z:
-            zz = tl.load(z_row + ro * s_zr + offs_e, mask=me, other=0.0).to(tl.float32)
             y *= zz * K._sigmoid(zz, FAST)
         y *= out_scale
         tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
