@@ -235,6 +235,13 @@ class ClassBlock(nn.Module):
         return cls + self.mlp(self.norm2(cls))
 
 
+def _embed_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """`norm(x)` for the token grids entering and leaving a stage, as the fused norm kernel on the GPU. The output is
+    at least float32, as torch's LayerNorm gives under autocast: it starts the stage's residual stream."""
+    return add_norm(x, None, norm.weight, norm.bias, norm.eps, "layer",
+                    out_dtype=torch.promote_types(x.dtype, torch.float32))[0]
+
+
 class Stem(nn.Module):
     """conv7×7 s2 + BN + ReLU, 2 × (conv3×3 + BN + ReLU), proj conv3×3 s2, flatten, LayerNorm."""
 
@@ -253,7 +260,7 @@ class Stem(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.proj(self.conv(x))
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        return _embed_norm(self.norm, x.flatten(2).transpose(1, 2)), hw
 
 
 class DownSample(nn.Module):
@@ -267,7 +274,7 @@ class DownSample(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        return _embed_norm(self.norm, x.flatten(2).transpose(1, 2)), hw
 
 
 # ============================================================================================ model
@@ -313,7 +320,7 @@ class GroupMamba(PrunableModel):
             if layout is not None:
                 x = layout.refilled(x)  # pruned positions get their features from their prune point
             if i != self.num_stages - 1:
-                x = getattr(self, f"norm{i + 1}")(x)
+                x = _embed_norm(getattr(self, f"norm{i + 1}"), x)
                 x = x.reshape(b, hw[0], hw[1], -1).permute(0, 3, 1, 2)
         cls = self.post_network[0](x.mean(dim=1, keepdim=True))[:, 0]      # stage 4 has no norm before pooling
         return getattr(self, f"norm{self.num_stages}")(cls)
