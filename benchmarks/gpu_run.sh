@@ -2,7 +2,7 @@
 # The GPU checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
-#                                      [compile] [stages]
+#                                      [compile] [stages] [profile] [pack]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the one-state scan, the A_log
 #           cache and the layout maps
@@ -17,6 +17,9 @@
 #           the full-size cases (COMPILE_CASES), batch 32 for latency and throughput (one compilation per model)
 #   stages  dense and pruned models (STAGES_CASES, default Vim-S) with --stages: per-block times, profiler categories
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
+#   profile the kernels dense and pruned models spend their time in (benchmarks/kernel_profile.py, PROFILE_CASES,
+#           default Vim-S and GroupMamba-T), then the host side of eager batch-1 Vim-S forwards
+#   pack    everything under OUT into OUT/all.tgz (the device tool brings back only a few files per call)
 #
 # Every step writes its whole log under OUT as it runs, so a step stopped by a time limit keeps what it printed.
 # Wheels: copy ../shared/wheels/h200/*.whl into .whl/ and carry .whl (and .base when comparing).
@@ -64,6 +67,13 @@ for step in "$@"; do
                    2>&1 | tee "$out/train.txt" | tail -12 ;;
         trainbase) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases \
                    --demo-images 0 --json "$out/train_base.json" 2>&1 | tail -4) ;;
+        profile) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py \
+                   --cases ${PROFILE_CASES:-vim_small groupmamba_tiny} --top 30 2>&1 | tee "$out/kernels.txt" \
+                   | grep -E "total|_kernel" | head -20
+                 PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py --cases vim_small --host \
+                   --top 30 > "$out/host.txt" 2>&1; grep "host time" "$out/host.txt" ;;
+        pack) tar -C "$out" -czf /tmp/ssmprune_pack.tgz . && find "$out" -mindepth 1 -delete \
+                   && mv /tmp/ssmprune_pack.tgz "$out/all.tgz" ;;
         *) echo "unknown step $step" >&2 ;;
     esac
 done
