@@ -45,23 +45,23 @@ CASES = {
     "plainmamba_l3_dense": dict(b=128, C=896, grid=(14, 14), kernel=(7, 7), padding=(3, 3), flip=False, silu=True,
                                 keep=None, fill=None, wide=2),
     # GroupMamba-T: each of 4 channel groups has its own mixer conv (3 x 3 + SiLU) on dim / 4 channels; the FFN's
-    # 3 x 3 depthwise conv (GELU after it, not fused) on mlp_ratio x dim. 70 % kept: 'hold' = nearest kept token.
+    # 3 x 3 depthwise conv (+ GELU, fused) on mlp_ratio x dim. 70 % kept: 'hold' = nearest kept token.
     "groupmamba_t_s1_mixer_dense": dict(b=128, C=16, grid=(56, 56), kernel=(3, 3), padding=(1, 1), flip=False,
                                         silu=True, keep=None, fill=None, wide=2),
     "groupmamba_t_s1_mixer_hold70": dict(b=128, C=16, grid=(56, 56), kernel=(3, 3), padding=(1, 1), flip=False,
                                          silu=True, keep=2195, fill="grid", wide=2),
     "groupmamba_t_s1_ffn_dense": dict(b=128, C=512, grid=(56, 56), kernel=(3, 3), padding=(1, 1), flip=False,
-                                      silu=False, keep=None, fill=None, wide=1),
+                                      silu=False, keep=None, fill=None, wide=1, act="gelu"),
     "groupmamba_t_s1_ffn_hold70": dict(b=128, C=512, grid=(56, 56), kernel=(3, 3), padding=(1, 1), flip=False,
-                                       silu=False, keep=2195, fill="grid", wide=1),
+                                       silu=False, keep=2195, fill="grid", wide=1, act="gelu"),
     "groupmamba_t_s3_mixer_dense": dict(b=128, C=87, grid=(14, 14), kernel=(3, 3), padding=(1, 1), flip=False,
                                         silu=True, keep=None, fill=None, wide=2),
     "groupmamba_t_s3_mixer_hold70": dict(b=128, C=87, grid=(14, 14), kernel=(3, 3), padding=(1, 1), flip=False,
                                          silu=True, keep=137, fill="grid", wide=2),
     "groupmamba_t_s3_ffn_dense": dict(b=128, C=1392, grid=(14, 14), kernel=(3, 3), padding=(1, 1), flip=False,
-                                      silu=False, keep=None, fill=None, wide=1),
+                                      silu=False, keep=None, fill=None, wide=1, act="gelu"),
     "groupmamba_t_s3_ffn_hold70": dict(b=128, C=1392, grid=(14, 14), kernel=(3, 3), padding=(1, 1), flip=False,
-                                       silu=False, keep=137, fill="grid", wide=1),
+                                       silu=False, keep=137, fill="grid", wide=1, act="gelu"),
 }
 LIMITS = {"fp32": 1e-5, "bf16": 1e-2}
 # (TILE, BC, num_warps) for --sweep: the default, taller and shorter tiles, and one-warp programs (whose layouts
@@ -113,7 +113,8 @@ def op(case, t, x, weight, bias, backend="triton"):
     from ssmprune_cli.ops.gather_conv import gather_conv, gather_conv_ref
 
     args = (x, weight, bias, case["grid"], case["padding"], t["keep"], t["src"], case["flip"], case["silu"])
-    return gather_conv(*args, backend=backend) if backend != "ref" else gather_conv_ref(*args)
+    act = case.get("act")
+    return gather_conv(*args, backend=backend, act=act) if backend != "ref" else gather_conv_ref(*args, act=act)
 
 
 def torch_path(case, t, x, weight, bias):
@@ -135,7 +136,8 @@ def torch_path(case, t, x, weight, bias):
         y = y.transpose(1, 2)
         return y if layout is None else layout.take(y, t["steps"])
     y = F.conv2d(full.transpose(1, 2).reshape(b, C, H, W), w, bias, padding=case["padding"], groups=C)
-    y = (F.silu(y) if case["silu"] else y).flatten(2).transpose(1, 2)
+    y = F.silu(y) if case["silu"] else (F.gelu(y) if case.get("act") == "gelu" else y)
+    y = y.flatten(2).transpose(1, 2)
     return y if layout is None else layout.gather(y)
 
 

@@ -9,7 +9,7 @@ channels) and adds it times the tap's weights in float32. Taps of neighbouring o
 they come from L1/L2: HBM sees about one read of x and one write of out.
 
 Backward, three kernels:
-    _bwd_pre_kernel  only with SiLU: dpre = dout * silu'(a), the pre-activation a recomputed (not saved by the
+    _bwd_pre_kernel  only with an activation: dpre = dout * act'(a), the pre-activation a recomputed (not saved by the
                      forward), stored as float32 (b, M, C). Without SiLU the gradient at the outputs is dout.
     _bwd_w_kernel    dweight and dbias: per program ROWS outputs of one image and BC channels; for each tap, the
                      products of the output gradient and the x rows the tap read, summed elementwise over tiles and
@@ -57,6 +57,30 @@ LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"TILE": 2048, "BC": 64, "num_warps"
                                      "bwd_x": {"TILE": 2048, "BC": 64, "num_warps": 4}}
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+ACTS = {None: 0, "silu": 1, "gelu": 2}  # the activation after the conv, as the kernels' ACT code
+
+
+@triton.jit
+def _act(a, ACT: tl.constexpr):
+    """SiLU (ACT 1) as a / (1 + 2^(-a log2 e)): exp2 overflow gives -0, not NaN; GELU (ACT 2) exact, with erf."""
+    if ACT == 1:
+        a = a / (1.0 + tl.exp2(-a * _LOG2E))
+    elif ACT == 2:
+        a = 0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2))
+    return a
+
+
+@triton.jit
+def _act_grad(a, ACT: tl.constexpr):
+    """d act / da: silu' = s (1 + a (1 - s)) with s = sigmoid(a); gelu' = Phi(a) + a phi(a)."""
+    if ACT == 1:
+        s = 1.0 / (1.0 + tl.exp2(-a * _LOG2E))
+        d = s * (1.0 + a * (1.0 - s))
+    else:
+        d = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2)) + a * _INV_SQRT_2PI * tl.exp2(-0.5 * a * a * _LOG2E)
+    return d
 
 
 # ----------------------------------------------------------------------------------------------- shared pieces
@@ -132,7 +156,7 @@ def _fwd_kernel(
     s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
-    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
@@ -147,8 +171,7 @@ def _fwd_kernel(
                      s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
-    if SILU:
-        acc = acc / (1.0 + tl.exp2(-acc * _LOG2E))  # x * sigmoid(x); exp2 overflow gives -0, not NaN
+    acc = _act(acc, ACT)
     dst = out_ptr + pid_b * M * C + offs_t[:, None] * C + offs_c[None, :]
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=mt[:, None] & mc[None, :])
 
@@ -165,9 +188,10 @@ def _bwd_pre_kernel(
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+    ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
 ):
-    """With SiLU: dpre = dout * silu'(a), the pre-activation a recomputed as in the forward; float32 (b, M, C)."""
+    """With an activation: dpre = dout * act'(a), the pre-activation a recomputed as in the forward; float32
+    (b, M, C)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -183,8 +207,7 @@ def _bwd_pre_kernel(
         a += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
     g = tl.load(dout_ptr + pid_b * s_gb + offs_t[:, None] * s_gm + offs_c[None, :] * s_gc, mask=m2,
                 other=0.0).to(tl.float32)
-    s = 1.0 / (1.0 + tl.exp2(-a * _LOG2E))
-    g = g * s * (1.0 + a * (1.0 - s))  # silu'(a) = s (1 + a (1 - s)), s = sigmoid(a)
+    g = g * _act_grad(a, ACT)
     tl.store(dpre_ptr + pid_b * M * C + offs_t[:, None] * C + offs_c[None, :], g, mask=m2)
 
 
@@ -345,12 +368,13 @@ def _conv_params(weight: Tensor, bias: Optional[Tensor], trained: bool) -> Tuple
 
 class GatherConvFn(torch.autograd.Function):
     """Forward and backward of the gather conv through the Triton kernels; `apply(x, weight, bias, keep, src, H,
-    W, ph, pw, flip, silu, trained)`, absent tensors as None; `trained`: the weight or bias gets a gradient (its
+    W, ph, pw, flip, act, trained)`, absent tensors as None; `act`: the ACTS code of the activation; `trained`: the
+    weight or bias gets a gradient (its
     kernel copies are then made at every call, see `_conv_params`). Gradients for x, weight and bias, in their
     dtypes."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu, trained=True):
+    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, act, trained=True):
         b, K, C = (int(s) for s in x.shape)  # ints even under jit tracing, where shapes are traced tensors
         KH, KW = int(weight.shape[1]), int(weight.shape[2])
         M = int(keep.shape[1]) if keep is not None else H * W
@@ -362,15 +386,15 @@ class GatherConvFn(torch.autograd.Function):
                 x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
                 M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
                 KH=KH, KW=KW, PH=ph, PW=pw, FLIP=flip, HAS_KEEP=keep is not None, HAS_SRC=src is not None,
-                HAS_BIAS=bv is not None, SILU=silu, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps)
+                HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps)
         ctx.save_for_backward(x, wt, bv, keep, src)
-        ctx.meta = (H, W, KH, KW, ph, pw, flip, silu, weight.dtype, None if bias is None else bias.dtype)
+        ctx.meta = (H, W, KH, KW, ph, pw, flip, act, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, wt, bv, keep, src = ctx.saved_tensors
-        H, W, KH, KW, ph, pw, flip, silu, w_dtype, b_dtype = ctx.meta
+        H, W, KH, KW, ph, pw, flip, act, w_dtype, b_dtype = ctx.meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bv is not None
         b, K, C = (int(s) for s in x.shape)
@@ -381,13 +405,13 @@ class GatherConvFn(torch.autograd.Function):
                  "HAS_SRC": src is not None}
         dx = dw = db = None
         g = dout
-        if silu and b * M * C > 0:  # every gradient goes through dpre
+        if act and b * M * C > 0:  # every gradient goes through dpre
             g = _empty((b, M, C), torch.float32, dev)
             BT, BC, warps = _blocks("bwd_pre", C)
             _bwd_pre_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
                 x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, dout, g,
                 M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src), *dout.stride(),
-                HAS_BIAS=bv is not None, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
+                HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
         if need_w or need_b:
             dwt = torch.zeros((KT, C), dtype=torch.float32, device=dev) if need_w else None
             db32 = torch.zeros((C,), dtype=torch.float32, device=dev) if need_b else None
@@ -429,12 +453,13 @@ def _dx(g, wt, keep, src, b, K, C, H, W, M, dtype, flags) -> Tensor:
 
 def gather_conv_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
                        padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
-                       flip: bool = False, silu: bool = False) -> Tensor:
-    """`ops.gather_conv` on the GPU (or under TRITON_INTERPRET=1), differentiable in x, weight and bias."""
+                       flip: bool = False, act: Optional[str] = None) -> Tensor:
+    """`ops.gather_conv` on the GPU (or under TRITON_INTERPRET=1), differentiable in x, weight and bias; `act`:
+    None, 'silu' or 'gelu', applied to the conv's output."""
     if not (x.is_cuda or INTERPRET):
         raise BadInputError("the Triton gather conv needs CUDA tensors; use the 'reference' backend on the CPU")
     H, W = (int(v) for v in grid)
     ph, pw = (int(v) for v in padding)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         trained = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
-        return GatherConvFn.apply(x, weight, bias, keep, src, H, W, ph, pw, bool(flip), bool(silu), trained)
+        return GatherConvFn.apply(x, weight, bias, keep, src, H, W, ph, pw, bool(flip), ACTS[act], trained)

@@ -178,7 +178,8 @@ class GroupMambaLayer(nn.Module):
 
 
 class PVT2FFN(nn.Module):
-    """fc1 → depthwise 3×3 conv on the grid → GELU → fc2 (keys `dwconv.dwconv.*`, official)."""
+    """fc1 → depthwise 3×3 conv on the grid → GELU → fc2 (keys `dwconv.dwconv.*`, official); the GELU runs inside the
+    conv's kernel on the GPU."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -188,8 +189,8 @@ class PVT2FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
-        x = core.depthwise_conv(self.fc1(x), self.dwconv.dwconv, hw, layout)   # at the kept tokens only
-        return self.fc2(F.gelu(x))
+        x = core.depthwise_conv(self.fc1(x), self.dwconv.dwconv, hw, layout, act="gelu")  # kept tokens only
+        return self.fc2(x)
 
 
 class FFN(nn.Module):

@@ -14,7 +14,8 @@ Semantics, with (r, col) = divmod(keep[b, m], W) and tap offset (di, dj) = (i - 
 when `flip` (mirrored taps: a causal conv run over the reversed sequence, indexed in original positions):
     out[b, m, c] = bias[c] + sum_{i<KH, j<KW} weight[c, i, j] * X(b, r + di, col + dj, c)
     X(b, r', col', c) = 0 outside the grid, else x[b, src[b, r' W + col'], c] (0 where src < 0)
-then SiLU when `silu`. Output (b, M, C), contiguous, in x's dtype. Arithmetic is float32 (float64 when an
+then the activation `act` ('silu', or 'gelu': torch's exact erf form; `silu=True` is short for act='silu').
+Output (b, M, C), contiguous, in x's dtype. Arithmetic is float32 (float64 when an
 input is float64). Gradients reach x, weight and bias, never keep or src.
 
 The models' uses (docs/kernels.md, "Gather conv"): Vim's causal 1-D conv (grid (1, L), padding (0, KW - 1)) and
@@ -41,9 +42,10 @@ GATHER_CONV_OP = "prim::PythonOp.TracedGatherConv"
 
 def gather_conv_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
                     padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
-                    flip: bool = False, silu: bool = False) -> Tensor:
-    """The definition: fill the full grid through `src`, dense depthwise conv with explicit zero padding, SiLU,
-    gather the rows at `keep`. Differentiable in x, weight and bias."""
+                    flip: bool = False, silu: bool = False, act: Optional[str] = None) -> Tensor:
+    """The definition: fill the full grid through `src`, dense depthwise conv with explicit zero padding, the
+    activation, gather the rows at `keep`. Differentiable in x, weight and bias."""
+    act = _activation(silu, act)
     b, K, C = x.shape
     H, W = grid
     ph, pw = padding
@@ -64,8 +66,10 @@ def gather_conv_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tup
     img = F.pad(img, (left, KW - 1 - left, top, KH - 1 - top))  # output H x W; negative pads crop
     y = F.conv2d(img, w[:, None], None if bias is None else bias.to(dtype), groups=C)
     y = y.reshape(b, C, H * W).transpose(1, 2)                                # (b, L, C)
-    if silu:
+    if act == "silu":
         y = F.silu(y)
+    elif act == "gelu":
+        y = F.gelu(y)
     if keep is not None:
         y = y.gather(1, keep.long()[..., None].expand(-1, -1, C))
     return y.to(x.dtype).contiguous()
@@ -73,13 +77,15 @@ def gather_conv_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tup
 
 def gather_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
                 padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
-                flip: bool = False, silu: bool = False, backend: Optional[str] = None) -> Tensor:
+                flip: bool = False, silu: bool = False, backend: Optional[str] = None,
+                act: Optional[str] = None) -> Tensor:
     """The gather conv every model calls. CUDA tensors go to the Triton kernels, CPU tensors and float64 to the
     reference. `backend` ('auto', 'triton', 'reference', 'exact'), or else the scan's backend switch
     (`ops.scan_backend(...)` / $SSMPRUNE_SCAN_BACKEND), forces one: 'reference' and 'exact' both mean PyTorch."""
     H, W = (int(v) for v in grid)
     ph, pw = (int(v) for v in padding)
     _check(x, weight, bias, H, W, keep, src)
+    act = _activation(silu, act)
     name = resolve_backend(backend, x)
     if torch.compiler.is_compiling():
         name = "reference"  # torch.compile traces the PyTorch form (inductor fuses its gathers itself)
@@ -88,19 +94,19 @@ def gather_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[i
     if torch.jit.is_tracing():
         absent = x.new_empty(0)
         bias_, keep_, src_ = (absent if t is None else t for t in (bias, keep, src))
-        return TracedGatherConv.apply(x, weight, bias_, keep_, src_, H, W, ph, pw, bool(flip), bool(silu), name)
-    return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, bool(flip), bool(silu))
+        return TracedGatherConv.apply(x, weight, bias_, keep_, src_, H, W, ph, pw, bool(flip), act, name)
+    return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, bool(flip), act)
 
 
 class TracedGatherConv(torch.autograd.Function):
     """While tracing (fvcore, torch.jit.trace) the op is this one node, `prim::PythonOp.TracedGatherConv`.
     Tensor inputs keep fixed positions: (x, weight, bias, keep, src), an absent one as an empty (0,) tensor;
-    H, W, ph, pw, flip, silu and the backend name are scalar arguments, not graph inputs."""
+    H, W, ph, pw, flip, act and the backend name are scalar arguments, not graph inputs."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, silu, name):
+    def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, act, name):
         bias, keep, src = (None if t.shape == (0,) else t for t in (bias, keep, src))
-        return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, flip, silu)
+        return _run(name, x, weight, bias, (H, W), (ph, pw), keep, src, flip, act)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -116,16 +122,25 @@ def gather_conv_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({"gather_conv": b * m * c * kh * kw})
 
 
-def _run(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
+def _run(name, x, weight, bias, grid, padding, keep, src, flip, act) -> Tensor:
     with op_range("ssmprune::gather_conv"):
-        return _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, silu)
+        return _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, act)
 
 
-def _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, silu) -> Tensor:
+def _dispatch(name, x, weight, bias, grid, padding, keep, src, flip, act) -> Tensor:
     float64 = any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias))
     if name == "triton" and not float64:
-        return kernel_module("gather_conv").gather_conv_triton(x, weight, bias, grid, padding, keep, src, flip, silu)
-    return gather_conv_ref(x, weight, bias, grid, padding, keep, src, flip, silu)
+        return kernel_module("gather_conv").gather_conv_triton(x, weight, bias, grid, padding, keep, src, flip, act)
+    return gather_conv_ref(x, weight, bias, grid, padding, keep, src, flip, act=act)
+
+
+def _activation(silu: bool, act: Optional[str]) -> Optional[str]:
+    """The one activation asked for: `act`, or 'silu' from the shorthand flag."""
+    if act not in (None, "silu", "gelu"):
+        raise ValueError(f"unknown gather-conv activation {act!r}; choose 'silu' or 'gelu'")
+    if silu and act not in (None, "silu"):
+        raise ValueError(f"silu=True and act={act!r} ask for two activations")
+    return "silu" if silu else act
 
 
 def _check(x, weight, bias, H, W, keep, src) -> None:

@@ -37,7 +37,7 @@ def small_blocks(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def loop_definition(x, weight, bias, grid, padding, keep=None, src=None, flip=False, silu=False):
+def loop_definition(x, weight, bias, grid, padding, keep=None, src=None, flip=False, silu=False, gelu=False):
     """The docstring's formula, one output and one tap at a time, in float64."""
     b, K, C = x.shape
     H, W = grid
@@ -58,7 +58,8 @@ def loop_definition(x, weight, bias, grid, padding, keep=None, src=None, flip=Fa
                     row = q if src is None else int(src[n, q])
                     if row >= 0:
                         acc += weight[:, i, j].double() * x[n, row].double()
-            out[n, m] = acc * torch.sigmoid(acc) if silu else acc
+            out[n, m] = acc * torch.sigmoid(acc) if silu else (0.5 * acc * (1 + torch.erf(acc / 2 ** 0.5))
+                                                               if gelu else acc)
     return out
 
 
@@ -115,6 +116,17 @@ def test_reference_is_the_definition(name):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_reference_gelu_is_the_definition_and_activations_are_checked():
+    x, weight, bias, keep, src = _ref_inputs((5, 6), (3, 3), "subset", "minus1", True)
+    out = gather_conv_ref(x, weight, bias, (5, 6), (1, 1), keep, src, act="gelu")
+    torch.testing.assert_close(out, loop_definition(x, weight, bias, (5, 6), (1, 1), keep, src, gelu=True),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="activation"):
+        gather_conv(x, weight, bias, (5, 6), (1, 1), keep, src, act="relu")
+    with pytest.raises(ValueError, match="two activations"):
+        gather_conv(x, weight, bias, (5, 6), (1, 1), keep, src, silu=True, act="gelu")
+
+
 def test_reference_keeps_the_activation_dtype_and_is_differentiable():
     x, weight, bias, keep, src = _ref_inputs((5, 6), (3, 3), "subset", "minus1", True, dtype=torch.float32)
     xb = x.to(torch.bfloat16).requires_grad_()
@@ -168,15 +180,16 @@ def kernel_inputs(name, dtype, C=12, b=2, index_dtype=torch.int64):
     return xz, weight, bias, grid, padding, keep, src, flip
 
 
-def check_kernel(name, dtype, silu=True, with_bias=True, index_dtype=torch.int64, C=12):
+def check_kernel(name, dtype, silu=True, with_bias=True, index_dtype=torch.int64, C=12, act=None):
     """Triton against the float64 reference on the same (rounded) inputs: output and every gradient."""
     xz, weight, bias, grid, padding, keep, src, flip = kernel_inputs(name, dtype, C=C, index_dtype=index_dtype)
     bias = bias if with_bias else None
     mine = [t.detach().to(DEVICE).requires_grad_() if t is not None else None for t in (xz, weight, bias)]
     ref = [t.detach().double().requires_grad_() if t is not None else None for t in (xz, weight, bias)]
     maps = [None if t is None else t.to(DEVICE) for t in (keep, src)]
-    out = gather_conv(mine[0][..., :C], mine[1], mine[2], grid, padding, *maps, flip, silu, backend="triton")
-    expect = gather_conv_ref(ref[0][..., :C], ref[1], ref[2], grid, padding, keep, src, flip, silu)
+    out = gather_conv(mine[0][..., :C], mine[1], mine[2], grid, padding, *maps, flip, silu, backend="triton",
+                      act=act)
+    expect = gather_conv_ref(ref[0][..., :C], ref[1], ref[2], grid, padding, keep, src, flip, silu, act=act)
     assert out.dtype == dtype and out.shape == expect.shape and out.is_contiguous()
     assert rel(out, expect) < TOL[dtype]
     dout = torch.randn(expect.shape, dtype=torch.float64).to(dtype)
@@ -204,6 +217,13 @@ def test_kernel_float32(name):
 ])
 def test_kernel_float32_small_blocks(name, silu, with_bias, index_dtype, small_blocks):
     check_kernel(name, torch.float32, silu, with_bias, index_dtype, C=13)
+
+
+@pytest.mark.parametrize("name,dtype", [("grid3x3_hold", torch.float32), ("grid3x3_many_to_one", torch.float32),
+                                        ("grid3x3_zero_all_positions", torch.bfloat16)])
+def test_kernel_gelu(name, dtype):
+    """GELU fused into the conv (GroupMamba's FFN): output and every gradient against the float64 reference."""
+    check_kernel(name, dtype, silu=False, act="gelu", C=16 if dtype == torch.bfloat16 else 12)
 
 
 @pytest.mark.slow

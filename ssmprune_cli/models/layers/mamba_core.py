@@ -36,9 +36,10 @@ from .token_layout import TokenLayout
 
 # ---------------------------------------------------------------------------------------------- convolution
 def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Optional[TokenLayout], *,
-                   causal: bool = False, reverse: bool = False, full_grid: bool = False, silu: bool = False
-                   ) -> Tensor:
-    """Depthwise conv (+ SiLU) of token-major x (b, K, C) on an (H, W) grid of positions.
+                   causal: bool = False, reverse: bool = False, full_grid: bool = False, silu: bool = False,
+                   act: Optional[str] = None) -> Tensor:
+    """Depthwise conv (+ SiLU, or the activation `act`: 'silu' or 'gelu', fused into the conv) of token-major x
+    (b, K, C) on an (H, W) grid of positions.
 
     causal: a 1-D conv (H = 1) that reads the k-1 tokens before each one in scan order (Vim); `reverse` runs that
     order backwards (the tokens after it in position order). Otherwise a 2-D conv with `conv.padding`.
@@ -57,7 +58,7 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
     if layout is None or (causal and layout.conv_fill == "packed"):
         L = x.shape[1]
         g = (1, L) if causal else grid
-        return gather_conv(x, weight, conv.bias, g, padding, flip=flip, silu=silu)
+        return gather_conv(x, weight, conv.bias, g, padding, flip=flip, silu=silu, act=act)
     if layout.conv_fill == "packed":
         raise RecipeError("conv_fill 'packed' is for 1-D convolutions; this model's are 2-D: use 'hold' or 'zero'")
     if causal:
@@ -68,7 +69,7 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
         g = grid
     keep = None if full_grid else layout.keep_index()
     return gather_conv(x, weight, conv.bias, g, padding, keep=keep, src=layout.source_map(kind), flip=flip,
-                       silu=silu)
+                       silu=silu, act=act)
 
 
 # ---------------------------------------------------------------------------------------------- scan orders
