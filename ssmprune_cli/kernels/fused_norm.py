@@ -58,7 +58,7 @@ MAX_WIDTH = 4096  # the widest row that fits one block; wider rows go to the ref
 
 # ---------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _fwd_kernel(
+def _norm_fwd_kernel(
     # pointers
     X, R, W, B, G, Y, RO, MEAN, RSTD,
     # dimensions
@@ -102,7 +102,7 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_kernel(
+def _norm_bwd_kernel(
     # pointers
     X, R, S, W, B, G, DY, DRO, MEAN, RSTD, DX, DR, DG, DWB,
     # dimensions
@@ -237,7 +237,7 @@ def _forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
         block_d = 1 << (D - 1).bit_length()
         rows, warps = _launch("fwd", block_d)
         with _device_guard(x):
-            _fwd_kernel[(_cdiv(M, rows),)](
+            _norm_fwd_kernel[(_cdiv(M, rows),)](
                 x2, _or(r2, x2), weight, _or(bias, weight), _or(g2, x2), y, _or(ro, y), _or(mean, y), _or(rstd, y),
                 M, D, eps,
                 s_x, s_r, s_g, D, D,
@@ -291,7 +291,7 @@ class AddNormFn(torch.autograd.Function):
         dwb = _empty((2, nprog, D), torch.float32, dev) if store_dw or store_db else None
         if M > 0:
             with _device_guard(dy):
-                _bwd_kernel[(nprog,)](
+                _norm_bwd_kernel[(nprog,)](
                     _or(x2, dy2), _or(r2, dy2), _or(s2, dy2), weight, _or(bias, weight), _or(g2, dy2), dy2,
                     _or(dro2, dy2), _or(mean, rstd), rstd, _or(dx, dy2), _or(dr, dy2), _or(dg, dy2), _or(dwb, rstd),
                     M, D, _cdiv(tiles, nprog),

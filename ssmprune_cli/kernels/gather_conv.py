@@ -147,7 +147,7 @@ def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H,
 
 # ----------------------------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_kernel(
+def _conv_fwd_kernel(
     # pointers
     x_ptr, wt_ptr, bias_ptr, keep_ptr, src_ptr, out_ptr,
     # dimensions
@@ -382,7 +382,7 @@ class GatherConvFn(torch.autograd.Function):
         out = _empty((b, M, C), x.dtype, x.device)
         if b * M * C > 0:
             BT, BC, warps = _blocks("fwd", C)
-            _fwd_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
+            _conv_fwd_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
                 x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
                 M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
                 KH=KH, KW=KW, PH=ph, PW=pw, FLIP=flip, HAS_KEEP=keep is not None, HAS_SRC=src is not None,
