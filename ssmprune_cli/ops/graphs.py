@@ -6,16 +6,45 @@ point is fixed by the schedule, token choices stay on the device, and the forwar
 and reads nothing back (`torch.cuda.is_current_stream_capturing()` skips the one optional check that would).
 
 Autocast runs inside the captured function with its weight-cast cache off: a cached cast made outside the graph
-would be freed when the autocast context closes, and the graph would read freed memory.
+would be freed when the autocast context closes, and the graph would read freed memory. So that the graph does not
+replay a cast of every matmul weight at every call instead (hundreds of small kernels: a quarter of a batch-1
+GroupMamba-T forward's launches), the weights autocast would cast are handed to the capture already cast, as copies
+the graph keeps (`matmul_weights_as`): the same values autocast makes, so the same results.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def matmul_weights_as(model: nn.Module, dtype: torch.dtype) -> Iterator[List[Tensor]]:
+    """While open, the float32 weights of the model's nn.Linear and dense (groups = 1) nn.Conv modules hold `dtype`
+    copies of their values: under autocast to `dtype` those are exactly the casts autocast would make at each call,
+    and it makes none for them. Biases, depthwise convs (the project's own kernels read their float32 taps) and every
+    other parameter stay as they are. The parameters are the same objects throughout, and get their own values back
+    on exit. Yields the copies (a CUDA graph captured meanwhile reads them: keep them alive as long as it)."""
+    swapped = []
+    for m in model.modules():
+        dense_conv = isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1
+        if not (isinstance(m, nn.Linear) or dense_conv):
+            continue
+        w = m.weight
+        if isinstance(w, nn.Parameter) and w.dtype == torch.float32 and all(w is not s for s, _ in swapped):
+            swapped.append((w, w.data))
+    copies = []
+    try:
+        for w, data in swapped:
+            copies.append(data.to(dtype))
+            w.data = copies[-1]
+        yield copies
+    finally:
+        for w, data in swapped:
+            w.data = data
 
 
 class GraphedForward:
@@ -31,15 +60,20 @@ class GraphedForward:
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.static_in = example.clone()
-        stream = torch.cuda.Stream(device=example.device)
-        stream.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(stream):
-            for _ in range(max(warmup, 1)):  # lazy initialisation (kernel compilation, caches) outside the capture
-                self._forward(self.static_in)
-        torch.cuda.current_stream(example.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = self._forward(self.static_in)
+        # a compiled model's kernels fuse the casts themselves (and would recompile for the other weight dtype)
+        compiled = hasattr(model, "_orig_mod")
+        cast = (matmul_weights_as(model, autocast_dtype) if autocast_dtype is not None and not compiled
+                else contextlib.nullcontext([]))
+        with cast as self._weights:  # the graph reads these copies at every replay
+            stream = torch.cuda.Stream(device=example.device)
+            stream.wait_stream(torch.cuda.current_stream(example.device))
+            with torch.cuda.stream(stream):
+                for _ in range(max(warmup, 1)):  # lazy initialisation (kernels, caches) outside the capture
+                    self._forward(self.static_in)
+            torch.cuda.current_stream(example.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_out = self._forward(self.static_in)
 
     def _forward(self, x: Tensor):
         ctx = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
