@@ -33,8 +33,9 @@ from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transp
 import triton
 import triton.language as tl
 
-# One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state, which
-# ends on shorter tiles when the grid gives every SM at least `tail_warps_per_sm` warps.
+# One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state, whose
+# last, shorter tiles split the remaining steps finely when the grid gives every SM at least `tail_warps_per_sm`
+# warps, and are one tile otherwise.
 LAUNCH: Dict[str, Dict[str, int]] = {"states": {"num_warps": 1},
                                      "one_state": {"BT": 128, "BE": 16, "num_warps": 4, "tail_warps_per_sm": 16}}
 _TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
@@ -250,15 +251,17 @@ def _token_scan_one_state_kernel(
     BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
     U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
-    TERMS: tl.constexpr, SAVE: tl.constexpr = False, TAIL: tl.constexpr = False,
+    TERMS: tl.constexpr, SAVE: tl.constexpr = False, SPLIT: tl.constexpr = False,
 ):
     """One state per channel (GroupMamba, VMamba: d_state = 1). The recurrence h <- a h + b is first order, so
     each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
     tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time.
 
-    TAIL: the steps after the last whole tile run in tiles of BT/2 and BT/4 (at most one of each, or one of BT),
-    so fewer than BT/4 padded steps are solved instead of up to BT - 1: 137 steps cost 160 instead of 256. It
-    costs at most one more serial tile, which the host avoids when the grid is too small to hide it.
+The r steps after the last whole tile run in one tile of BT, BT/2 or BT/4 steps, the smallest that holds them
+    (137 steps: 128 + 32 instead of 2 x 128), so a short sequence is never more serial tiles than whole tiles make.
+    SPLIT (a grid that fills the GPU, where the padded steps cost throughput and one more serial tile is hidden):
+    r in (BT/2, 3BT/4] runs as a BT/2 and a BT/4 tile instead of one of BT, so fewer than BT/4 padded steps are
+    ever solved.
 
     SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), 1, E) float32) for the backward."""
     pid_e = tl.program_id(0)
@@ -287,17 +290,16 @@ def _token_scan_one_state_kernel(
         tl.store(hs_ptr + offs_e, tl.zeros((BE,), dtype=tl.float32), mask=me)  # the state before step 0
 
     carry = tl.zeros((BE,), dtype=tl.float32)
-    # whole tiles; without TAIL the last one is partial (steps past S masked)
-    tiles = S // BT if TAIL else (S + BT - 1) // BT
+    tiles = S // BT
     for i in range(0, tiles):
         carry = _one_state_tile(
             i * BT, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
             u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
             s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
             U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
-    if TAIL:
-        t0 = tiles * BT
-        if S - t0 > (3 * BT) // 4:
+    t0 = tiles * BT
+    if t0 < S:  # the tail: steps past S are masked in its tile
+        if S - t0 > ((3 * BT) // 4 if SPLIT else BT // 2):
             carry = _one_state_tile(
                 t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                 u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
@@ -319,9 +321,9 @@ def _token_scan_one_state_kernel(
                     HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
 
 
-def _short_tail(grid, cfg, u: Tensor) -> bool:
-    """Finish with the one-state kernel's shorter tiles when the grid fills the GPU (throughput: fewer padded
-    steps win); with few programs a run is latency-bound and one more serial tile would cost more than it saves."""
+def _split_tail(grid, cfg, u: Tensor) -> bool:
+    """Split the one-state kernel's tail finely when the grid fills the GPU (throughput: fewer padded steps win);
+    with few programs a run is latency-bound and one more serial tile would cost more than it saves."""
     sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
     return grid[0] * grid[1] * cfg["num_warps"] >= cfg["tail_warps_per_sm"] * sms
 
@@ -429,7 +431,7 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
             grid = (_cdiv(E, cfg["BE"]), b)
             _token_scan_one_state_kernel[grid](
                 u, delta, A2T, Bt, Ct, *common, S, E, Lp, float(out_scale), *strides,
-                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], TAIL=_short_tail(grid, cfg, u), **flags)
+                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], SPLIT=_split_tail(grid, cfg, u), **flags)
         else:
             num_warps = LAUNCH["states"]["num_warps"]
             BE = 32 * num_warps

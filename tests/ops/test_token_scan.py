@@ -174,14 +174,17 @@ def test_one_state_kernel_across_tiles(case, small_tiles):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("S", [24, 25, 26, 29, 31])
-def test_one_state_kernel_short_tail_tiles(S, monkeypatch):
-    """On a full GPU the one-state kernel finishes on tiles of BT/2 and BT/4 after its whole tiles (BT = 8 here):
-    none (24 steps), one quarter (25, 26), a half and a quarter (29), or one whole tile again (31); the state
-    carries through each, and the steps past S stay unwritten (the output buffer is NaN-poisoned)."""
+@pytest.mark.parametrize("split", [True, False], ids=["full-gpu", "small-grid"])
+@pytest.mark.parametrize("S", [24, 25, 26, 28, 29, 31])
+def test_one_state_kernel_tail_tiles(S, split, monkeypatch):
+    """After its whole tiles (BT = 8 here) the one-state kernel finishes on one tile of BT/4, BT/2 or BT: none (24
+    steps), a quarter (25, 26), a half (28), a whole tile (29 on a small grid, 31); on a full GPU 29 steps end on a
+    half and a quarter. The state carries through each, and the steps past S stay unwritten (the output buffer is
+    NaN-poisoned)."""
     from ssmprune_cli.kernels import token_scan as ts
 
-    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1, "tail_warps_per_sm": 0})
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1,
+                                                 "tail_warps_per_sm": 0 if split else 10 ** 6})
     monkeypatch.setattr(ts, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
                                                                               device=device))
     kw = _case(N=1, S=S, T=S + 3, E=20, acc=True, idx="pair" if S % 2 else "none", reverse=S == 26, seed=S)
