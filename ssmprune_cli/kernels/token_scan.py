@@ -257,7 +257,7 @@ def _token_scan_one_state_kernel(
     each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
     tiles: a long sequence (3,136 steps in GroupMamba's first stage) no longer runs one step at a time.
 
-The r steps after the last whole tile run in one tile of BT, BT/2 or BT/4 steps, the smallest that holds them
+    The r steps after the last whole tile run in one tile of BT, BT/2 or BT/4 steps, the smallest that holds them
     (137 steps: 128 + 32 instead of 2 x 128), so a short sequence is never more serial tiles than whole tiles make.
     SPLIT (a grid that fills the GPU, where the padded steps cost throughput and one more serial tile is hidden):
     r in (BT/2, 3BT/4] runs as a BT/2 and a BT/4 tile instead of one of BT, so fewer than BT/4 padded steps are
