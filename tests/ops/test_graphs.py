@@ -24,12 +24,14 @@ class _Mixed(nn.Module):
         return self.tied_again(self.fc(h)) + self.tied(self.fc(h))
 
 
-def test_weights_are_cast_for_the_call_and_given_back():
+@pytest.mark.parametrize("inference", [False, True], ids=["no_grad", "inference_mode"])
+def test_weights_are_cast_for_the_call_and_given_back(inference):
     torch.manual_seed(0)
     m = _Mixed().eval()
     params = {n: (p, p.detach().clone()) for n, p in m.named_parameters()}
     order = list(m.state_dict())
-    with matmul_weights_as(m, torch.bfloat16) as copies:
+    mode = torch.inference_mode() if inference else torch.no_grad()  # bench captures its graphs in inference mode
+    with mode, matmul_weights_as(m, torch.bfloat16) as copies:
         assert len(copies) == 3  # dense conv, fc and the tied weight once
         assert m.dense.weight.dtype == m.fc.weight.dtype == m.tied.weight.dtype == torch.bfloat16
         assert m.dense.bias.dtype == m.fc.bias.dtype == torch.float32                 # biases stay
@@ -37,6 +39,7 @@ def test_weights_are_cast_for_the_call_and_given_back():
         assert torch.equal(m.fc.weight, params["fc.weight"][1].to(torch.bfloat16))
     for n, p in m.named_parameters():
         assert p is params[n][0] and p.dtype == torch.float32 and torch.equal(p, params[n][1]), n
+        assert not p.is_inference() and p.requires_grad, n
     assert list(m.state_dict()) == order
 
 
