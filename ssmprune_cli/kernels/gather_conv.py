@@ -369,9 +369,8 @@ def _conv_params(weight: Tensor, bias: Optional[Tensor], trained: bool) -> Tuple
 class GatherConvFn(torch.autograd.Function):
     """Forward and backward of the gather conv through the Triton kernels; `apply(x, weight, bias, keep, src, H,
     W, ph, pw, flip, act, trained)`, absent tensors as None; `act`: the ACTS code of the activation; `trained`: the
-    weight or bias gets a gradient (its
-    kernel copies are then made at every call, see `_conv_params`). Gradients for x, weight and bias, in their
-    dtypes."""
+    weight or bias gets a gradient (its kernel copies are then made at every call, see `_conv_params`). Gradients
+    for x, weight and bias, in their dtypes."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, act, trained=True):

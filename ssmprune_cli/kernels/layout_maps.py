@@ -1,8 +1,9 @@
 """Triton forms of `ssmprune_cli.ops.layout_maps` (the definitions and shapes are there).
 
-`order_maps`: one program per image walks the scan order in blocks of BLOCK steps (no wider than the order: a 196-step
-order is one block of 256), carrying how many kept steps it has seen and the last one; a prefix sum numbers the kept steps of a block and a running maximum finds each step's
-previous (and last) kept step, so every output is written in one pass.
+`order_maps`: one program per image walks the scan order in blocks of BLOCK steps (no wider than the order: a
+196-step order is one block of 256), carrying how many kept steps it has seen and the last one; a prefix sum numbers
+the kept steps of a block and a running maximum finds each step's previous (and last) kept step, so every output is
+written in one pass.
 
 `nearest_kept`: one program per block of BL positions of one image compares them with every kept token, BK at a
 time, by squared grid distance in integers (exact; the first minimum, in ascending kept order, is the lowest

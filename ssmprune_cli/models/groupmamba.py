@@ -135,7 +135,7 @@ class SS2D(nn.Module):
         E = self.Ds.shape[0]
         xz = self.in_proj(x)
         xs, z = xz[..., :E], xz[..., E:]
-        u = core.depthwise_conv(xs, self.conv2d, hw, layout, silu=True)    # (b, K, E)
+        u = core.depthwise_conv(xs, self.conv2d, hw, layout, act="silu")    # (b, K, E)
         dt_low, B, C = F.linear(u, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt_low, self.dt_projs_weight[0])
         L = hw[0] * hw[1]

@@ -239,7 +239,7 @@ class PlainMamba2D(nn.Module):
         xz = self.in_proj(x)
         xs, z = xz[..., :E], xz[..., E:]                                # (b, K, E) column views
         # Δ, B and C of every raster position: the official scan pairs step t with raster token t
-        x_conv = core.depthwise_conv(xs, self.conv2d, hw, layout, full_grid=True, silu=True)        # (b, L, E)
+        x_conv = core.depthwise_conv(xs, self.conv2d, hw, layout, full_grid=True, act="silu")        # (b, L, E)
         dt_low, B, C = self.x_proj(x_conv).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt_low)                                       # bias once here, once more in the scan
         L = hw[0] * hw[1]

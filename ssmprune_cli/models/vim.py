@@ -191,7 +191,7 @@ class VimMixer(nn.Module):
         for d in (0, 1):
             conv, x_proj, dt_proj, A_log, D = self._params(d)
             # the backward direction reads the sequence in reverse, in place: no flipped copies
-            u = core.depthwise_conv(x, conv, (1, L), layout, causal=True, reverse=d == 1, silu=True)
+            u = core.depthwise_conv(x, conv, (1, L), layout, causal=True, reverse=d == 1, act="silu")
             dt_low, B, C = x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
             dt = F.linear(dt_low, dt_proj.weight)                       # the bias enters once, in the scan
             plan = core.scan_plan(layout, L, reverse=d == 1)

@@ -167,7 +167,7 @@ class SS2D(nn.Module):
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
         """x (b, K, C) tokens in raster order (K = H·W when dense) → (b, K, C), raster order."""
         E, N, R = self.d_inner, self.d_state, self.dt_rank
-        u = core.depthwise_conv(self.in_proj(x), self.conv2d, hw, layout, silu=True)       # (b, K, E)
+        u = core.depthwise_conv(self.in_proj(x), self.conv2d, hw, layout, act="silu")       # (b, K, E)
         # x_proj of all four directions in one matmul: it is per token, so the scan order does not matter here
         x_dbl = F.linear(u, self.x_proj_weight.reshape(-1, E)).split(R + 2 * N, dim=-1)
         A_log = self.A_logs.view(self.n_directions, E, N)   # the core takes log A: the kernel exponentiates once

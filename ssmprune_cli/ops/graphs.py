@@ -28,13 +28,14 @@ def matmul_weights_as(model: nn.Module, dtype: torch.dtype) -> Iterator[List[Ten
     and it makes none for them. Biases, depthwise convs (the project's own kernels read their float32 taps) and every
     other parameter stay as they are. The parameters are the same objects throughout, and get their own values back
     on exit. Yields the copies (a CUDA graph captured meanwhile reads them: keep them alive as long as it)."""
-    swapped = []
+    swapped, seen = [], set()
     for m in model.modules():
         dense_conv = isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1
         if not (isinstance(m, nn.Linear) or dense_conv):
             continue
         w = m.weight
-        if isinstance(w, nn.Parameter) and w.dtype == torch.float32 and all(w is not s for s, _ in swapped):
+        if isinstance(w, nn.Parameter) and w.dtype == torch.float32 and id(w) not in seen:  # tied: once
+            seen.add(id(w))
             swapped.append((w, w.data))
     copies = []
     try:

@@ -4,7 +4,7 @@ Every family's mixer is in_proj → depthwise conv + SiLU → x_proj / dt_proj �
 token-major (b, tokens, channels) tensors; the family files keep what differs (token orders, class token, direction
 bias, channel groups) and call these functions for the rest:
 
-    depthwise_conv(x, conv, grid, layout)   a depthwise conv (+ SiLU) at the kept tokens, reading pruned positions
+    depthwise_conv(x, conv, grid, layout)   a depthwise conv (+ activation) at the kept tokens, reading pruned positions
                                             through the layout's fill map (DESIGN 2.3 `conv_fill`)
     scan_plan(layout, length, ...)          one scan order over the kept tokens: index streams and the gap counts
     scan(mixer, d, u, dt, ..., plan)        the scan of direction d with Δ̂ resolved from `delta_fill`
@@ -36,10 +36,10 @@ from .token_layout import TokenLayout
 
 # ---------------------------------------------------------------------------------------------- convolution
 def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Optional[TokenLayout], *,
-                   causal: bool = False, reverse: bool = False, full_grid: bool = False, silu: bool = False,
+                   causal: bool = False, reverse: bool = False, full_grid: bool = False,
                    act: Optional[str] = None) -> Tensor:
-    """Depthwise conv (+ SiLU, or the activation `act`: 'silu' or 'gelu', fused into the conv) of token-major x
-    (b, K, C) on an (H, W) grid of positions.
+    """Depthwise conv (+ the activation `act`, 'silu' or 'gelu', fused into the conv) of token-major x (b, K, C)
+    on an (H, W) grid of positions.
 
     causal: a 1-D conv (H = 1) that reads the k-1 tokens before each one in scan order (Vim); `reverse` runs that
     order backwards (the tokens after it in position order). Otherwise a 2-D conv with `conv.padding`.
@@ -58,7 +58,7 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
     if layout is None or (causal and layout.conv_fill == "packed"):
         L = x.shape[1]
         g = (1, L) if causal else grid
-        return gather_conv(x, weight, conv.bias, g, padding, flip=flip, silu=silu, act=act)
+        return gather_conv(x, weight, conv.bias, g, padding, flip=flip, act=act)
     if layout.conv_fill == "packed":
         raise RecipeError("conv_fill 'packed' is for 1-D convolutions; this model's are 2-D: use 'hold' or 'zero'")
     if causal:
@@ -69,7 +69,7 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
         g = grid
     keep = None if full_grid else layout.keep_index()
     return gather_conv(x, weight, conv.bias, g, padding, keep=keep, src=layout.source_map(kind), flip=flip,
-                       silu=silu, act=act)
+                       act=act)
 
 
 # ---------------------------------------------------------------------------------------------- scan orders
