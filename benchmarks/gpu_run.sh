@@ -2,7 +2,7 @@
 # The GPU checks and timings, in one command (the GPU machine has no network: fvcore comes as wheels).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
-#                                      [compile] [stages] [profile] [pack]
+#                                      [compile] [stages] [profile] [stock] [pack]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the one-state scan, the A_log
 #           cache and the layout maps
@@ -19,6 +19,8 @@
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #   profile the kernels dense and pruned models spend their time in (benchmarks/kernel_profile.py, PROFILE_CASES,
 #           default Vim-S and GroupMamba-T), then the host side of eager batch-1 Vim-S forwards
+#   stock   build the stock kernels (benchmarks/stock_build.sh .stock, about 5 minutes with 16 jobs) and time Vim
+#           on them against ssmprune's dense and pruned Vim (benchmarks/stock_vim.py); carry .stock
 #   pack    everything under OUT into OUT/all.tgz (the device tool brings back only a few files per call)
 #
 # Every step writes its whole log under OUT as it runs, so a step stopped by a time limit keeps what it printed.
@@ -72,6 +74,8 @@ for step in "$@"; do
                    | grep -E "total|_kernel" | head -20
                  PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py --cases vim_small --host \
                    --top 30 > "$out/host.txt" 2>&1; grep "host time" "$out/host.txt" ;;
+        stock) bash benchmarks/stock_build.sh .stock 2>&1 | tee "$out/stock_build.txt" | grep -E "built|importable|rror" \
+                   && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/stock_vim.py 2>&1 | tee "$out/stock.txt" | tail -20 ;;
         pack) tar -C "$out" -czf /tmp/ssmprune_pack.tgz . && find "$out" -mindepth 1 -delete \
                    && mv /tmp/ssmprune_pack.tgz "$out/all.tgz" ;;
         *) echo "unknown step $step" >&2 ;;

@@ -13,11 +13,11 @@ so the comparison is of the mixers. The same weights run through both paths: the
 (float32, no autocast) and the run stops if they differ.
 
 Only the compiled extension modules are imported: importing the `mamba_ssm` package pulls in `transformers`. To
-build them on the GPU machine (no network): download the sdists beside it (`MAMBA_SKIP_CUDA_BUILD=TRUE
+build them on the GPU machine (no network): download the sdists (`MAMBA_SKIP_CUDA_BUILD=TRUE
 CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation --no-binary :all:
-mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0`), keep only `arch=compute_90,code=sm_90` in each setup.py's gencode
-list, carry them and run `MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=16 pip install
---no-build-isolation --no-deps .` in each (einops is needed by neither extension; this script does not import it).
+mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0`, and the ninja, packaging and wheel wheels into a `wheels/` folder
+beside them), carry that folder and run `bash benchmarks/stock_build.sh FOLDER` there: it builds the forward
+kernels for sm_90 under /tmp (einops is needed by neither extension; this script does not import it).
 
 --emulate swaps the two kernels for PyTorch definitions in the same layouts (a CPU check of the layout code above).
 """
