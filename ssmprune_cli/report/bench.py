@@ -169,17 +169,41 @@ def _runner(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.
 
 # ------------------------------------------------------------------------------------------------ where the time goes
 def stage_times(model: nn.Module, x: Tensor, settings: BenchSettings, device: torch.device, calls: int = 5
-                ) -> List[Dict[str, Any]]:
-    """Milliseconds per call spent in each block (forward hooks with CUDA events), plus the rest: stem, prune
-    points' scoring and selection, head. Run on the uncompiled model."""
+                ) -> Tuple[List[Dict[str, Any]], str]:
+    """Milliseconds per call spent in each block, plus the rest (stem, prune points' scoring and selection, head),
+    and what the numbers are. Run on the uncompiled model.
+
+    On the GPU: the device time of the kernels each block ran (the profiler's kernels inside the block's range on
+    the GPU timeline), so an eager forward bound by its host launches does not make every block look equally slow;
+    the rest is the forward's other kernels. On the CPU (or a profiler that records no GPU ranges): the time between
+    forward hooks (CUDA events on the GPU), the rest being the whole call's time minus the blocks'."""
     core, points, prefix = core_and_points(model)
     modules = dict(model.named_modules())
     names = block_module_names(core, prefix)
-    marks: Dict[str, List[Tuple[Any, Any]]] = {n: [] for n in names}
+    from ssmprune_cli.pruning.plan import tokens_per_block
+
+    tokens = tokens_per_block(core, points)
+    blocks = {n: modules[n] for n in names}
+    per_block = None
+    if device.type == "cuda":
+        per_block, rest = _device_block_times(model, x, settings, blocks, calls)
+        timer = "device time of the block's kernels"
+    if per_block is None:
+        per_block, rest = _hook_block_times(model, x, settings, device, blocks, calls)
+        timer = "time between the block's forward hooks"
+    rows = [{"block": i + 1, "module": n[len(prefix):], "tokens": tokens[i], "ms": per_block[n]}
+            for i, n in enumerate(names)]
+    rows.append({"block": None, "module": "outside blocks (stem, prune points, head)", "tokens": None, "ms": rest})
+    return rows, timer
+
+
+def _hook_block_times(model, x, settings, device, blocks: Dict[str, nn.Module], calls: int
+                      ) -> Tuple[Dict[str, float], float]:
+    marks: Dict[str, List[Tuple[Any, Any]]] = {n: [] for n in blocks}
     handles = []
-    for n in names:
-        handles.append(modules[n].register_forward_pre_hook(_mark(marks[n], 0, device)))
-        handles.append(modules[n].register_forward_hook(_mark(marks[n], 1, device)))
+    for n, module in blocks.items():
+        handles.append(module.register_forward_pre_hook(_mark(marks[n], 0, device)))
+        handles.append(module.register_forward_hook(_mark(marks[n], 1, device)))
     totals = []
     try:
         with torch.inference_mode(), autocast(device, settings.dtype):
@@ -193,17 +217,82 @@ def stage_times(model: nn.Module, x: Tensor, settings: BenchSettings, device: to
         for h in handles:
             h.remove()
     _sync(device)
-    from ssmprune_cli.pruning.plan import tokens_per_block
+    per = {n: sum(_elapsed(a, b) for a, b in marks[n]) / calls * 1e3 for n in blocks}
+    return per, max(statistics.median(totals) * 1e3 - sum(per.values()), 0.0)
 
-    tokens = tokens_per_block(core, points)
-    rows = []
-    for i, n in enumerate(names):
-        ms = sum(_elapsed(a, b) for a, b in marks[n]) / calls * 1e3
-        rows.append({"block": i + 1, "module": n[len(prefix):], "tokens": tokens[i], "ms": ms})
-    total_ms = statistics.median(totals) * 1e3
-    rows.append({"block": None, "module": "outside blocks (stem, prune points, head)", "tokens": None,
-                 "ms": max(total_ms - sum(r["ms"] for r in rows), 0.0)})
-    return rows
+
+BLOCK_RANGE = "ssmprune_block::"
+
+
+def _device_block_times(model, x, settings, blocks: Dict[str, nn.Module], calls: int
+                        ) -> Tuple[Optional[Dict[str, float]], float]:
+    """(ms per call of each block's kernels, ms of the other kernels), or (None, 0) when the profiler recorded no
+    GPU-side block ranges."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    open_ranges: Dict[str, List[Any]] = {n: [] for n in blocks}
+
+    def enter(name):
+        def hook(module, args):
+            r = record_function(BLOCK_RANGE + name)
+            r.__enter__()
+            open_ranges[name].append(r)
+        return hook
+
+    def leave(name):
+        def hook(module, args, out):
+            open_ranges[name].pop().__exit__(None, None, None)
+        return hook
+
+    handles = []
+    for n, module in blocks.items():
+        handles += [module.register_forward_pre_hook(enter(n)), module.register_forward_hook(leave(n))]
+    try:
+        with torch.inference_mode(), autocast(x.device, settings.dtype):
+            model(x)
+            _sync(x.device)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(calls):
+                    model(x)
+                _sync(x.device)
+    finally:
+        for h in handles:
+            h.remove()
+    per, other = kernel_time_by_range(prof.events(), BLOCK_RANGE)
+    if not per:
+        return None, 0.0
+    return ({n: per.get(BLOCK_RANGE + n, 0.0) / 1e3 / calls for n in blocks}, other / 1e3 / calls)
+
+
+def kernel_time_by_range(events, prefix: str) -> Tuple[Dict[str, float], float]:
+    """Summed durations (µs) of the GPU kernels that start inside each GPU-side range whose name starts with
+    `prefix`, by range name, and of the kernels outside them. Ranges of one prefix must not nest (blocks do not)."""
+    import bisect
+
+    from torch.autograd import DeviceType
+
+    ranges, kernels = [], []
+    for ev in events:
+        if getattr(ev, "device_type", DeviceType.CPU) == DeviceType.CPU:
+            continue
+        if getattr(ev, "is_user_annotation", False):
+            if ev.name.startswith(prefix):
+                ranges.append((ev.time_range.start, ev.time_range.end, ev.name))
+        else:
+            kernels.append(ev)
+    ranges.sort()
+    starts = [r[0] for r in ranges]
+    per: Dict[str, float] = {}
+    other = 0.0
+    for k in kernels:
+        t0, us = k.time_range.start, float(k.time_range.elapsed_us())
+        i = bisect.bisect_right(starts, t0) - 1
+        if i >= 0 and t0 < ranges[i][1]:
+            per[ranges[i][2]] = per.get(ranges[i][2], 0.0) + us
+        else:
+            other += us
+    return per, other
 
 
 def _mark(store: List[Tuple[Any, Any]], which: int, device: torch.device):
@@ -404,7 +493,7 @@ def bench_models(models: Dict[str, nn.Module], settings: BenchSettings, device: 
     if settings.stages:
         x = example_input(ref, settings.batch, settings.seed).to(device)
         for n, m in eager.items():
-            result["models"][n]["stages"] = stage_times(m, x, settings, device)
+            result["models"][n]["stages"], result["models"][n]["stages_timer"] = stage_times(m, x, settings, device)
             try:
                 result["models"][n]["ops"] = op_breakdown(m, x, settings, device)
             except RuntimeError as exc:  # a profiler without CUPTI, say: keep the block timings
@@ -557,7 +646,8 @@ def throughput_cell(thr: Dict[str, Any]) -> str:
 def _render_stages(name: str, m: Dict[str, Any], console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"where the time goes: {name} (batch {m['throughput']['batch']})")
+    timer = m.get("stages_timer", "time between the block's forward hooks")
+    table = Table(title=f"where the time goes: {name} (batch {m['throughput']['batch']}; {timer})")
     for col in ("block", "tokens", "ms"):
         table.add_column(col, justify="right")
     for r in m["stages"]:

@@ -121,6 +121,7 @@ def test_dense_and_pruned_side_by_side():
     assert m["latency"]["batch"] == 1 and m["throughput"]["batch"] == 2
     assert m["tokens_per_block"] == [17, 9, 5, 5] and b["tokens_per_block"] == [17] * 4
     assert len(m["stages"]) == 5 and all(st["ms"] >= 0 for st in m["stages"])
+    assert m["stages_timer"] == "time between the block's forward hooks"  # the CPU has no device ranges
     assert m["ops"]["categories"] and r["environment"]["device"] == "cpu"
     json.dumps(r)  # JSON-ready
 
@@ -174,6 +175,35 @@ def test_kernels_no_op_claims_are_counted_by_their_range():
     assert got["copy_kernel"][0] == pytest.approx(10.0)
     assert _category("ssmprune::token_scan (kernel)") == "scan"
     assert unclaimed_kernels([mm, ev("gemm_kernel", 10, 40)]) == {}
+
+
+def test_block_device_time_sums_the_kernels_inside_each_blocks_gpu_range():
+    """--stages on the GPU: a block's time is the kernels that start inside its device-side range (however long
+    the range stays open waiting for the host), other ranges only name kernels, the rest is outside."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from ssmprune_cli.report.bench import BLOCK_RANGE, kernel_time_by_range
+
+    ids = iter(range(100))
+
+    def ev(name, t0, t1, device=DeviceType.CUDA, note=False):
+        return FunctionEvent(next(ids), name, 0, t0, t1, device_type=device, is_user_annotation=note)
+
+    b1, b2 = BLOCK_RANGE + "layers.0", BLOCK_RANGE + "layers.1"
+    events = [ev("stem_conv", 0, 9),
+              ev(b1, 10, 500, note=True),                      # open long: the host was slow, the GPU idle
+              ev("ssmprune::token_scan", 20, 60, note=True),   # an op range nested in the block: not a block
+              ev("_token_scan_kernel", 20, 60), ev("gemm", 60, 70), ev("gemm", 400, 403),
+              ev(b2, 500, 600, note=True), ev("gemm", 500, 507),
+              ev(b1, 700, 720, note=True), ev("gemm", 705, 710),  # the same block in a second forward
+              ev("head_gemm", 800, 802),
+              ev(b1, 0, 1000, DeviceType.CPU, note=True),      # the CPU-side range: ignored
+              ev("aten::mm", 60, 61, DeviceType.CPU)]
+    per, other = kernel_time_by_range(events, BLOCK_RANGE)
+    assert per == {b1: pytest.approx(40 + 10 + 3 + 5), b2: pytest.approx(7.0)}
+    assert other == pytest.approx(9 + 2)
+    assert kernel_time_by_range([ev("gemm", 0, 5)], BLOCK_RANGE) == ({}, pytest.approx(5.0))
 
 
 def test_gates_judge_and_raise_with_exit_code_3():
