@@ -12,10 +12,13 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
+from ssmprune_cli.ops.token_select import clip_scores, select_top
+
 
 def clip_score(o: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """The paper's metric: channels clipped at zero, then summed (negative extremes stop dominating)."""
-    return o.clamp(min=0).sum(dim=-1)
+    """The paper's metric: channels clipped at zero, then summed (negative extremes stop dominating); one kernel
+    on the GPU."""
+    return clip_scores(o)
 
 
 def l1_score(o: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -66,9 +69,6 @@ def token_scores(name: str, o: Tensor, generator: Optional[torch.Generator] = No
 
 
 def select_tokens(scores: Tensor, keep: int, protected: Optional[Tensor] = None) -> Tensor:
-    """Indices (b, keep) of the kept tokens in ascending original order; `protected` (b, P) are always kept."""
-    s = scores.float()
-    if protected is not None and protected.numel():
-        s = s.scatter(1, protected, float("inf"))  # out of place: scores may be the caller's float32 tensor
-    idx = s.topk(keep, dim=1, sorted=False).indices
-    return idx.sort(dim=1).values
+    """Indices (b, keep) of the kept tokens in ascending original order; `protected` (b, P) are always kept. Equal
+    scores keep the lower index (ops/token_select.py; one kernel on the GPU)."""
+    return select_top(scores, keep, protected)

@@ -45,7 +45,7 @@ NOT_COUNTED: Dict[str, str] = {
     **{f"aten::{op}": "pruning bookkeeping (scores, top-k, index maps, gathers)" for op in (
         "topk", "sort", "argsort", "scatter", "scatter_", "gather", "index", "cdist", "meshgrid", "flip",
         "ones_like", "full", "full_like", "expand_as", "clone", "index_select", "new_empty", "pad",
-        "constant_pad_nd", "upsample_bicubic2d", "argmax")},
+        "constant_pad_nd", "upsample_bicubic2d", "argmax", "nan_to_num", "zeros_like")},
     # token merging / fusing (pruning/methods.py): matching by cosine and size- or score-weighted averages
     **{f"aten::{op}": "pruning bookkeeping (merging and fusing)" for op in ("scatter_add", "linalg_vector_norm")},
 }
