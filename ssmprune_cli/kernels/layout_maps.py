@@ -5,6 +5,10 @@
 the kept steps of a block and a running maximum finds each step's previous (and last) kept step, so every output is
 written in one pass.
 
+`kept_maps`: one program per image writes -1 over its rank row, waits at a barrier (the CTA's earlier global stores
+are then seen by all its threads), and writes, for each kept row j, keep[j] = parent[idx[j]] (int64 and int32) and
+rank[keep[j]] = j.
+
 `nearest_kept`: one program per block of BL positions of one image compares them with every kept token, BK at a
 time, by squared grid distance in integers (exact; the first minimum, in ascending kept order, is the lowest
 raster index among ties).
@@ -21,7 +25,8 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-LAUNCH = {"order": {"BLOCK": 1024, "num_warps": 4}, "nearest": {"BL": 32, "BK": 64, "num_warps": 4}}
+LAUNCH = {"order": {"BLOCK": 1024, "num_warps": 4}, "nearest": {"BL": 32, "BK": 64, "num_warps": 4},
+          "kept": {"BLOCK": 1024, "num_warps": 4}}
 _FAR = 2 ** 30  # farther than any two cells of a grid the models use (squared distance)
 
 
@@ -135,3 +140,44 @@ def nearest_kept(keep: Tensor, grid: Tuple[int, int]) -> Tensor:
                 keep, out, L, K, W, keep.stride(0), BL=cfg["BL"], BK=cfg["BK"], FAR=_FAR,
                 num_warps=cfg["num_warps"])
     return out
+
+
+@triton.jit(do_not_specialize=["K", "L"])
+def _kept_maps_kernel(parent_ptr, idx_ptr, keep_ptr, keep32_ptr, rank_ptr, K, L, s_pb, s_ib,
+                      HAS_PARENT: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    for p0 in range(0, L, BLOCK):
+        p = p0 + tl.arange(0, BLOCK)
+        tl.store(rank_ptr + b * L + p, tl.full((BLOCK,), -1, tl.int64), mask=p < L)
+    tl.debug_barrier()  # every -1 is written before any kept position overwrites its own
+    for j0 in range(0, K, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        m = j < K
+        row = tl.load(idx_ptr + b * s_ib + j, mask=m, other=0).to(tl.int64)
+        if HAS_PARENT:
+            pos = tl.load(parent_ptr + b * s_pb + row, mask=m, other=0).to(tl.int64)
+        else:
+            pos = row
+        tl.store(keep_ptr + b * K + j, pos, mask=m)
+        tl.store(keep32_ptr + b * K + j, pos.to(tl.int32), mask=m)
+        tl.store(rank_ptr + b * L + pos, j.to(tl.int64), mask=m)
+
+
+def kept_maps(parent: Optional[Tensor], idx: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
+    b, K = idx.shape
+    dev = idx.device
+    idx = idx if idx.stride(-1) == 1 else idx.contiguous()
+    if parent is not None and parent.stride(-1) != 1:
+        parent = parent.contiguous()
+    keep = torch.empty((b, K), dtype=torch.int64, device=dev)
+    keep32 = torch.empty((b, K), dtype=torch.int32, device=dev)
+    rank = torch.empty((b, L), dtype=torch.int64, device=dev)
+    if b and L:
+        cfg = LAUNCH["kept"]
+        with torch.cuda.device(dev) if idx.is_cuda else contextlib.nullcontext():
+            _kept_maps_kernel[(b,)](parent if parent is not None else idx, idx, keep, keep32, rank, K, L,
+                                    parent.stride(0) if parent is not None else 0, idx.stride(0),
+                                    HAS_PARENT=parent is not None,
+                                    BLOCK=min(cfg["BLOCK"], triton.next_power_of_2(max(K, L))),
+                                    num_warps=cfg["num_warps"])
+    return keep, keep32, rank

@@ -2,6 +2,8 @@
 
     order_maps(rank, K, order, reverse, hold)   one scan order over the kept tokens
     nearest_kept(keep, grid)                    the 2-D 'hold' conv fill: the nearest kept token of each cell
+    kept_maps(parent, idx, L)                   a new layout's kept positions (int64 and int32) and rank, from the
+                                                rows `idx` a prune point keeps of its parent's kept tokens
 
 Shapes: b images, L positions (a grid's cells in raster order), K kept tokens per image.
     rank: (b, L) integer, the kept row of each position, -1 where pruned (TokenLayout.rank)
@@ -14,7 +16,9 @@ indices; `src` (b, K) int32, the kept row each visits; `pos` (b, K) int32, the p
 float32, the pruned steps just before each (what the aligned scan decays by Δ̂); and with `hold`, `hold` (b, L) int32:
 for every position, the kept row of the last kept step at or before the step that visits it, -1 if none (the 1-D
 'hold' conv fill of that order). `nearest_kept` returns (b, L) int32: the kept row nearest to each cell by Euclidean
-distance, ties to the lowest raster index.
+distance, ties to the lowest raster index. `kept_maps` takes parent (b, K0) the kept positions before the prune
+point (None: every position, K0 = L) and idx (b, K) ascending rows of it, and returns keep = parent[idx] (b, K)
+int64, the same as int32, and rank (b, L) int64 (TokenLayout.rank).
 
 On CUDA each is one kernel launch (kernels/layout_maps.py) where the PyTorch forms take a dozen small ops: a
 pruned model's prune points were mostly launches of those, which batch-1 latency pays one by one. CPU tensors,
@@ -77,6 +81,23 @@ def order_maps_ref(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, 
         held = row.scatter(1, o.expand(b, L), row).to(torch.int32)  # o is a permutation: every entry is written
     return OrderMaps(steps.to(torch.int32), r.gather(1, steps).to(torch.int32), o[steps].to(torch.int32),
                      gaps_from_steps(steps).to(torch.float32), held)
+
+
+def kept_maps(parent: Optional[Tensor], idx: Tensor, length: int, backend: Optional[str] = None
+              ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(keep int64, keep int32, rank int64) of the layout that keeps rows `idx` of `parent` (module docstring)."""
+    if _use_kernel(idx, backend):
+        with op_range(RANGE):
+            return kernel_module("layout_maps").kept_maps(parent, idx, int(length))
+    return kept_maps_ref(parent, idx, length)
+
+
+def kept_maps_ref(parent: Optional[Tensor], idx: Tensor, length: int) -> Tuple[Tensor, Tensor, Tensor]:
+    keep = idx.long() if parent is None else parent.gather(1, idx.long())
+    b, K = keep.shape
+    rank = torch.full((b, int(length)), -1, dtype=torch.long, device=keep.device)
+    rank = rank.scatter(1, keep, torch.arange(K, device=keep.device).expand(b, K))
+    return keep, keep.to(torch.int32), rank
 
 
 def nearest_kept(keep: Tensor, grid: Tuple[int, int], backend: Optional[str] = None) -> Tensor:

@@ -104,7 +104,7 @@ class PrunedModel(nn.Module):
         if self.spec.method != DEFAULT_METHOD or self._uses_delta:
             return self._reduce(site, tensors, layout, keep, prot, o, gen, refill)
         idx = select_tokens(token_scores(self.spec.score, o, gen), keep, prot)
-        new_layout = TokenLayout(idx, L, refill=refill, **kind) if first else layout.select(idx, refill=refill)
+        new_layout = layout.select(idx, refill=refill)
         return tuple(layout.take(t, idx) for t in tensors), new_layout
 
     def _reduce(self, site, tensors, layout, keep, prot, o, gen, refill):

@@ -152,3 +152,53 @@ def test_layout_uses_the_maps():
     steps, src = layout.scan_steps(order, key="test")
     maps = order_maps_ref(rank, 7, order)
     assert torch.equal(steps, maps.steps.long()) and torch.equal(src, maps.src.long())
+
+
+@pytest.mark.parametrize("with_parent", [False, True])
+@pytest.mark.parametrize("L,K0,K,block", [(9, 7, 3, None), (197, 157, 125, None), (784, 549, 384, 64)])
+def test_kept_maps(with_parent, L, K0, K, block, monkeypatch):
+    """A prune point's new layout: keep = parent[idx], its int32 copy, and the rank of every position (-1 where
+    pruned), against a definition written one image at a time; the kernel with blocks that split both loops."""
+    from ssmprune_cli.kernels import layout_maps as kernels
+    from ssmprune_cli.ops.layout_maps import kept_maps, kept_maps_ref
+
+    gen = torch.Generator().manual_seed(L + K)
+    b = 3
+    parent = _keep(b, L, K0, gen) if with_parent else None
+    rows = K0 if with_parent else L
+    idx = torch.stack([torch.randperm(rows, generator=gen)[:K].sort().values for _ in range(b)])
+    want_keep = torch.stack([(parent[i] if with_parent else torch.arange(L))[idx[i]] for i in range(b)])
+    want_rank = torch.full((b, L), -1, dtype=torch.long)
+    for i in range(b):
+        for j, p in enumerate(want_keep[i].tolist()):
+            want_rank[i, p] = j
+    if block:
+        monkeypatch.setitem(kernels.LAUNCH, "kept", dict(kernels.LAUNCH["kept"], BLOCK=block))
+    for got in (kept_maps_ref(parent, idx, L),
+                kept_maps(None if parent is None else parent.to(DEVICE), idx.to(DEVICE), L, backend="triton")):
+        keep, keep32, rank = (t.cpu() for t in got)
+        assert keep.dtype == torch.int64 and keep32.dtype == torch.int32 and rank.dtype == torch.int64
+        assert torch.equal(keep, want_keep) and torch.equal(keep32, want_keep.int()) and torch.equal(rank, want_rank)
+
+
+def test_select_hands_the_new_layout_its_maps():
+    """TokenLayout.select: the same layout as one built from the kept positions, with rank and the int32 keep
+    already made (no launch when the first block asks for them)."""
+    gen = torch.Generator().manual_seed(0)
+    full = TokenLayout.full(2, 16, grid=(4, 4))
+    idx = _keep(2, 16, 10, gen)
+    first = full.select(idx)
+    second = first.select(_keep(2, 10, 6, gen))
+    for lay in (first, second):
+        assert {"rank", "keep32"} <= set(lay._cache)
+        plain = TokenLayout(lay.keep, 16, grid=(4, 4))
+        assert torch.equal(lay.rank(), plain.rank()) and torch.equal(lay.keep_index(), plain.keep_index())
+    assert torch.equal(first.keep, idx)
+
+
+def test_a_full_layout_makes_its_positions_only_when_read():
+    full = TokenLayout.full(3, 12, grid=(3, 4))
+    assert full._keep is None and (full.batch, full.num_kept) == (3, 12)
+    full.select(torch.tensor([[0, 5, 11]] * 3))
+    assert full._keep is None                                   # selecting from it read nothing
+    assert torch.equal(full.keep, torch.arange(12).expand(3, 12))

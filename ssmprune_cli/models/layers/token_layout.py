@@ -18,14 +18,14 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ssmprune_cli.ops.layout_maps import OrderMaps, nearest_kept, order_maps
+from ssmprune_cli.ops.layout_maps import OrderMaps, kept_maps, nearest_kept, order_maps
 
 CONV_FILLS = ("hold", "packed", "zero")
 DELTA_FILLS = ("calib", "bias", "zero")
 
 
 class TokenLayout:
-    def __init__(self, keep: Tensor, length: int, grid: Optional[Tuple[int, int]] = None,
+    def __init__(self, keep: Optional[Tensor], length: int, grid: Optional[Tuple[int, int]] = None,
                  conv_fill: str = "hold", delta_fill: str = "calib", refill: Optional[Tensor] = None):
         if conv_fill not in CONV_FILLS:
             raise ValueError(f"conv_fill must be one of {CONV_FILLS}, got {conv_fill!r}")
@@ -33,33 +33,48 @@ class TokenLayout:
             raise ValueError(f"delta_fill must be one of {DELTA_FILLS}, got {delta_fill!r}")
         if grid is not None and grid[0] * grid[1] != length:
             raise ValueError(f"grid {grid} does not hold {length} tokens")
-        self.keep = keep
+        self._keep = keep  # None only in `full`: made when read
         self.length = int(length)
         self.grid = grid
         self.conv_fill = conv_fill
         self.delta_fill = delta_fill
         self.refill = refill  # (b, L, C) features of pruned tokens, for hierarchical models
         self._cache: Dict[object, object] = {}
+        self._every: Optional[Tuple[int, object]] = None  # (batch, device) of a layout that keeps every position
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def full(cls, batch: int, length: int, device=None, **kw) -> "TokenLayout":
-        # a view: a layout that only hands its keep to `select` launches nothing for it
-        keep = torch.arange(length, device=device).expand(batch, length)
-        return cls(keep, length, **kw)
+        """Every position kept (rows are positions). Its `keep` is made when something reads it: a prune point
+        that only selects from it launches nothing for it."""
+        layout = cls(None, length, **kw)
+        layout._every = (int(batch), device)
+        return layout
+
+    @property
+    def keep(self) -> Tensor:
+        """(b, K) kept positions, ascending."""
+        if self._keep is None:
+            batch, device = self._every
+            self._keep = torch.arange(self.length, device=device).expand(batch, self.length)
+        return self._keep
 
     def select(self, idx: Tensor, refill: Optional[Tensor] = None) -> "TokenLayout":
-        """Keep a subset: idx (b, K') indexes the current kept tokens and must be ascending per row."""
-        return TokenLayout(self.keep.gather(1, idx), self.length, self.grid, self.conv_fill, self.delta_fill,
-                           self.refill if refill is None else refill)
+        """Keep a subset: idx (b, K') indexes the current kept tokens and must be ascending per row. The new
+        layout's positions, their int32 copy and its rank come from one launch on the GPU (ops/layout_maps.py)."""
+        keep, keep32, rank = kept_maps(None if self._every else self.keep, idx, self.length)
+        layout = TokenLayout(keep, self.length, self.grid, self.conv_fill, self.delta_fill,
+                             self.refill if refill is None else refill)
+        layout._cache["rank"], layout._cache["keep32"] = rank, keep32
+        return layout
 
     @property
     def batch(self) -> int:
-        return self.keep.shape[0]
+        return self._every[0] if self._keep is None else self._keep.shape[0]
 
     @property
     def num_kept(self) -> int:
-        return self.keep.shape[1]
+        return self.length if self._keep is None else self._keep.shape[1]
 
     # ------------------------------------------------------------------ index maps
     def _cached(self, key, fn):
