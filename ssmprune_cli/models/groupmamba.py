@@ -29,6 +29,7 @@ from ssmprune_cli.ops.fused_norm import add_norm
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
 from .layers import mamba_core as core
+from .layers.grid_orders import grid_order
 from .layers.token_layout import TokenLayout
 
 FAMILY = "groupmamba"
@@ -68,13 +69,9 @@ class GroupMambaConfig:
 
 # ============================================================================================ helpers
 def scan_order(kind: str, H: int, W: int, device=None) -> Tensor:
-    """(L,) raster position read at each scan step of one group's order."""
-    idx = torch.arange(H * W, device=device)
-    if kind.startswith("col"):
-        idx = idx.view(H, W).t().reshape(-1)  # CrossScan_2: transpose then flatten
-    if kind.endswith("_rev"):
-        idx = idx.flip(0)
-    return idx
+    """(L,) raster position read at each scan step of one group's order (CrossScan_1..4), int32, made once per grid
+    and device (models/layers/grid_orders.py)."""
+    return grid_order(kind, H, W, device)
 
 
 def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:

@@ -32,6 +32,7 @@ from ssmprune_cli.ops.fused_norm import add_norm
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
 from .layers import mamba_core as core
+from .layers.grid_orders import grid_order
 from .layers.token_layout import TokenLayout
 
 FAMILY = "vmamba"
@@ -77,11 +78,6 @@ class VMambaConfig:
 
 
 # ============================================================================================ helpers
-def column_order(H: int, W: int, device=None) -> Tensor:
-    """(L,) raster position read at each step of the column-major scan (official: transpose, then flatten)."""
-    return torch.arange(H * W, device=device).view(H, W).t().reshape(-1)
-
-
 def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     if p == 0.0 or not training:
         return x
@@ -159,10 +155,7 @@ class SS2D(nn.Module):
         kind = DIRECTIONS[k]
         if kind.startswith("row"):  # raster order, or the same walked backwards: no index stream needed
             return core.scan_plan(layout, L, reverse=kind == "row_rev")
-        order = column_order(hw[0], hw[1], device)
-        if kind == "col_rev":
-            order = order.flip(0)
-        return core.scan_plan(layout, L, order, key=f"{FAMILY}:{kind}")
+        return core.scan_plan(layout, L, grid_order(kind, hw[0], hw[1], device), key=f"{FAMILY}:{kind}")
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
         """x (b, K, C) tokens in raster order (K = H·W when dense) → (b, K, C), raster order."""
