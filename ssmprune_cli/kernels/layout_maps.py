@@ -1,6 +1,6 @@
 """Triton forms of `ssmprune_cli.ops.layout_maps` (the definitions and shapes are there).
 
-`order_maps`: one program per image walks the scan order in blocks of BLOCK steps (no wider than the order: a
+`order_maps`: one program per image and order (up to four orders a launch) walks the scan order in blocks of BLOCK steps (no wider than the order: a
 196-step order is one block of 256), carrying how many kept steps it has seen and the last one; a prefix sum numbers
 the kept steps of a block and a running maximum finds each step's previous (and last) kept step, so every output is
 written in one pass.
@@ -17,7 +17,7 @@ raster index among ties).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -47,9 +47,24 @@ def _visited(t, L, order_ptr, m, HAS_ORDER: tl.constexpr, REVERSE: tl.constexpr)
 
 
 @triton.jit(do_not_specialize=["L", "K"])
-def _order_maps_kernel(rank_ptr, order_ptr, steps_ptr, src_ptr, pos_ptr, gap_ptr, hold_ptr, L, K, s_rb,
+def _order_maps_kernel(rank_ptr, o0_ptr, o1_ptr, o2_ptr, o3_ptr, steps_ptr, src_ptr, pos_ptr, gap_ptr, hold_ptr,
+                       L, K, s_rb, s_og, s_hg,
                        BLOCK: tl.constexpr, HAS_ORDER: tl.constexpr, REVERSE: tl.constexpr, HOLD: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    # up to four orders in one launch (program axis 1), each with its own outputs s_og / s_hg elements further on
+    order_ptr = o0_ptr
+    if g == 1:
+        order_ptr = o1_ptr
+    elif g == 2:
+        order_ptr = o2_ptr
+    elif g == 3:
+        order_ptr = o3_ptr
+    steps_ptr += g * s_og
+    src_ptr += g * s_og
+    pos_ptr += g * s_og
+    gap_ptr += g * s_og
+    hold_ptr += g * s_hg
     rank_row = rank_ptr + b * s_rb
     out = b * K
     count = tl.zeros((), dtype=tl.int32)   # kept steps before this block
@@ -82,25 +97,45 @@ def _order_maps_kernel(rank_ptr, order_ptr, steps_ptr, src_ptr, pos_ptr, gap_ptr
 
 def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor], reverse: bool, hold: bool
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
+    return _launch(rank, num_kept, [order], reverse, hold)[0]
+
+
+def order_maps_many(rank: Tensor, num_kept: int, orders: Sequence[Tensor], hold: bool
+                    ) -> List[Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]]:
+    """Several explicit orders, four to a launch."""
+    out = []
+    for i in range(0, len(orders), MAX_ORDERS):
+        out += _launch(rank, num_kept, list(orders[i:i + MAX_ORDERS]), False, hold)
+    return out
+
+
+MAX_ORDERS = 4
+
+
+def _launch(rank: Tensor, num_kept: int, orders: List[Optional[Tensor]], reverse: bool, hold: bool):
     b, L = rank.shape
     K = int(num_kept)
+    G = len(orders)
     dev = rank.device
     rank = rank if rank.stride(-1) == 1 else rank.contiguous()
-    steps = torch.empty((b, K), dtype=torch.int32, device=dev)
-    src = torch.empty((b, K), dtype=torch.int32, device=dev)
-    pos = torch.empty((b, K), dtype=torch.int32, device=dev)
-    gap = torch.empty((b, K), dtype=torch.float32, device=dev)
-    held = torch.empty((b, L), dtype=torch.int32, device=dev) if hold else steps
-    if order is not None:  # any integer dtype: the kernel converts what it loads
-        order = order.to(device=dev).contiguous()
+    # one allocation per output for all orders; order g's maps are views [g]
+    steps = torch.empty((G, b, K), dtype=torch.int32, device=dev)
+    src = torch.empty((G, b, K), dtype=torch.int32, device=dev)
+    pos = torch.empty((G, b, K), dtype=torch.int32, device=dev)
+    gap = torch.empty((G, b, K), dtype=torch.float32, device=dev)
+    held = torch.empty((G, b, L), dtype=torch.int32, device=dev) if hold else steps
+    has_order = orders[0] is not None
+    # any integer dtype: the kernel converts what it loads
+    ptrs = [o.to(device=dev).contiguous() if o is not None else rank for o in orders]
+    ptrs += [ptrs[0]] * (MAX_ORDERS - G)
     if b and L:
         cfg = LAUNCH["order"]
         with torch.cuda.device(dev) if rank.is_cuda else contextlib.nullcontext():
-            _order_maps_kernel[(b,)](
-                rank, order if order is not None else rank, steps, src, pos, gap, held, L, K, rank.stride(0),
-                BLOCK=min(cfg["BLOCK"], triton.next_power_of_2(L)), HAS_ORDER=order is not None,
+            _order_maps_kernel[(b, G)](
+                rank, *ptrs, steps, src, pos, gap, held, L, K, rank.stride(0), b * K, b * L if hold else b * K,
+                BLOCK=min(cfg["BLOCK"], triton.next_power_of_2(L)), HAS_ORDER=has_order,
                 REVERSE=bool(reverse), HOLD=bool(hold), num_warps=cfg["num_warps"])
-    return steps, src, pos, gap, (held if hold else None)
+    return [(steps[g], src[g], pos[g], gap[g], held[g] if hold else None) for g in range(G)]
 
 
 @triton.jit(do_not_specialize=["L", "K", "W"])

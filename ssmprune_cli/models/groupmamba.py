@@ -127,6 +127,13 @@ class SS2D(nn.Module):
         """(1, E): softplus of the dt bias, the 'bias' Δ̂."""
         return F.softplus(self.dt_projs_bias)
 
+    def scan_spec(self, hw: Tuple[int, int], device) -> Tuple[Optional[Tensor], bool, str]:
+        """(order, reverse, key) of this group's scan for `core.scan_plan`. row: raster order; row_rev: reversed in
+        place; the column orders read rows through an index stream, and every order writes back to raster rows
+        (the official CrossMerge)."""
+        order = None if self.order in ("row", "row_rev") else scan_order(self.order, hw[0], hw[1], device)
+        return order, self.order == "row_rev", f"{FAMILY}:{self.order}"
+
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
         """x (b, K, d) tokens in raster order (K = H·W when dense) → (b, K, d), raster order."""
         E = self.Ds.shape[0]
@@ -135,11 +142,8 @@ class SS2D(nn.Module):
         u = core.depthwise_conv(xs, self.conv2d, hw, layout, act="silu")    # (b, K, E)
         dt_low, B, C = F.linear(u, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt_low, self.dt_projs_weight[0])
-        L = hw[0] * hw[1]
-        # row: raster order; row_rev: reversed in place; the column orders read rows through an index stream,
-        # and every order writes back to raster rows (the official CrossMerge)
-        order = None if self.order in ("row", "row_rev") else scan_order(self.order, hw[0], hw[1], x.device)
-        plan = core.scan_plan(layout, L, order, reverse=self.order == "row_rev", key=f"{FAMILY}:{self.order}")
+        order, reverse, key = self.scan_spec(hw, x.device)
+        plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
         y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
         n = self.out_norm  # out_norm(y) · silu(z), one kernel on the GPU
         y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=F.silu(z))
@@ -168,6 +172,7 @@ class GroupMambaLayer(nn.Module):
         x, _ = add_norm(x, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)
         # CAM: mean over the tokens present (kept tokens only when pruned, docs/models/groupmamba.md)
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=1)))))
+        core.prepare_orders(layout, [m.scan_spec(hw, x.device) for m in self.groups()])
         ys = [m(xg, hw, layout) for m, xg in zip(self.groups(), x.chunk(4, dim=-1))]
         # skip_scale · x · CAM as one (b, K, C) factor: two full-size products instead of three
         y = torch.cat(ys, dim=-1) * (x * (self.skip_scale * gate)[:, None].to(dtype))

@@ -244,6 +244,7 @@ class PlainMamba2D(nn.Module):
         dt = self.dt_proj(dt_low)                                       # bias once here, once more in the scan
         L = hw[0] * hw[1]
         y = None
+        core.prepare_orders(layout, [(orders.order[k], False, f"{FAMILY}.{k}") for k in range(N_DIRECTIONS)])
         for k in range(N_DIRECTIONS):
             plan = core.scan_plan(layout, L, orders.order[k], key=f"{FAMILY}.{k}", pairing=True)
             # the four orders sum at each token, then one gate: the last scan applies silu(z) to the sum

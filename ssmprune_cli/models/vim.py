@@ -187,6 +187,7 @@ class VimMixer(nn.Module):
         xz = self.in_proj(h)
         x, z = xz[..., :E], xz[..., E:]                                  # (b, K, E) column views
         L = layout.length if layout is not None else h.shape[1]
+        core.prepare_orders(layout, [(None, False, None), (None, True, None)])  # both directions' maps, one launch
         y = None
         for d in (0, 1):
             conv, x_proj, dt_proj, A_log, D = self._params(d)

@@ -150,12 +150,13 @@ class SS2D(nn.Module):
         """(4, E): softplus of each direction's dt bias, the 'bias' Δ̂."""
         return F.softplus(self.dt_projs_bias)
 
-    def _plan(self, k: int, hw: Tuple[int, int], layout: Optional[TokenLayout], device) -> core.ScanPlan:
-        L = hw[0] * hw[1]
+    def _spec(self, k: int, hw: Tuple[int, int], device) -> Tuple[Optional[Tensor], bool, Optional[str]]:
+        """(order, reverse, key) of direction k for `core.scan_plan`: the raster order, or the same walked
+        backwards, needs no index stream."""
         kind = DIRECTIONS[k]
-        if kind.startswith("row"):  # raster order, or the same walked backwards: no index stream needed
-            return core.scan_plan(layout, L, reverse=kind == "row_rev")
-        return core.scan_plan(layout, L, grid_order(kind, hw[0], hw[1], device), key=f"{FAMILY}:{kind}")
+        if kind.startswith("row"):
+            return None, kind == "row_rev", None
+        return grid_order(kind, hw[0], hw[1], device), False, f"{FAMILY}:{kind}"
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
         """x (b, K, C) tokens in raster order (K = H·W when dense) → (b, K, C), raster order."""
@@ -166,10 +167,13 @@ class SS2D(nn.Module):
         A_log = self.A_logs.view(self.n_directions, E, N)   # the core takes log A: the kernel exponentiates once
         D = self.Ds.view(self.n_directions, E)
         y = None
+        specs = [self._spec(k, hw, x.device) for k in range(self.n_directions)]
+        core.prepare_orders(layout, specs)
         for k in range(self.n_directions):
             dt_low, B, C = x_dbl[k].split([R, N, N], dim=-1)
             dt = F.linear(dt_low, self.dt_projs_weight[k])
-            plan = self._plan(k, hw, layout, x.device)
+            order, reverse, key = specs[k]
+            plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
             # out[o] = acc[o] + y: the official cross-merge sums the four directions at each raster position
             y = core.scan(self, k, u, dt, A_log[k], B, C, D[k], self.dt_projs_bias[k], plan, layout, acc=y)
         return self.out_proj(_layer_norm(y, self.out_norm))

@@ -1,6 +1,7 @@
 """Index maps of a pruned token layout (models/layers/token_layout.py): dispatch point plus the PyTorch definitions.
 
     order_maps(rank, K, order, reverse, hold)   one scan order over the kept tokens
+    order_maps_many(rank, K, orders, hold)      several explicit orders at once (one launch for up to four)
     nearest_kept(keep, grid)                    the 2-D 'hold' conv fill: the nearest kept token of each cell
     kept_maps(parent, idx, L)                   a new layout's kept positions (int64 and int32) and rank, from the
                                                 rows `idx` a prune point keeps of its parent's kept tokens
@@ -27,7 +28,7 @@ tracing (fvcore) and torch.compile take the PyTorch forms; tests hold the two eq
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -64,6 +65,15 @@ def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reve
         with op_range(RANGE):
             return OrderMaps(*kernel_module("layout_maps").order_maps(rank, num_kept, order, reverse, hold))
     return order_maps_ref(rank, num_kept, order, reverse, hold)
+
+
+def order_maps_many(rank: Tensor, num_kept: int, orders: Sequence[Tensor], hold: bool = False,
+                    backend: Optional[str] = None) -> List[OrderMaps]:
+    """`order_maps` of several explicit orders (each (L,)); on CUDA one launch for up to four."""
+    if _use_kernel(rank, backend):
+        with op_range(RANGE):
+            return [OrderMaps(*m) for m in kernel_module("layout_maps").order_maps_many(rank, num_kept, orders, hold)]
+    return [order_maps_ref(rank, num_kept, o, False, hold) for o in orders]
 
 
 def order_maps_ref(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reverse: bool = False,

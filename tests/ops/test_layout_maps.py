@@ -202,3 +202,29 @@ def test_a_full_layout_makes_its_positions_only_when_read():
     full.select(torch.tensor([[0, 5, 11]] * 3))
     assert full._keep is None                                   # selecting from it read nothing
     assert torch.equal(full.keep, torch.arange(12).expand(3, 12))
+
+
+@pytest.mark.parametrize("L,K", [(12, 5), (196, 137)])
+def test_orders_prepared_together_equal_each_made_alone(L, K):
+    """prepare_orders: the maps of several orders from one call (one launch on the GPU: the kernel's order axis)
+    equal those made one at a time, position orders (with their 1-D hold fill) included; made maps are kept."""
+    from ssmprune_cli.ops.layout_maps import order_maps_many
+
+    gen = torch.Generator().manual_seed(L)
+    keep = _keep(2, L, K, gen)
+    perm = [torch.randperm(L, generator=gen) for _ in range(3)]
+    specs = [(None, False, None), (perm[0], False, "a"), (None, True, None), (perm[1], False, "b"), (perm[2], False, "c")]
+    together, alone = TokenLayout(keep, L), TokenLayout(keep, L)
+    together.prepare_orders(specs)
+    cached = dict(together._cache)
+    for order, reverse, key in specs:
+        a = together.order_maps(order, reverse, key)
+        b = alone.order_maps(order, reverse, key)
+        for x, y in zip(a, b):
+            assert y is None or torch.equal(x.cpu(), y.cpu())  # explicit orders alone skip the hold fill
+    assert together._cache.keys() == cached.keys()   # nothing made again
+    rank = TokenLayout(keep, L).rank().to(DEVICE)
+    got = order_maps_many(rank, K, [p.to(DEVICE) for p in perm], hold=True, backend="triton")
+    for p, maps in zip(perm, got):
+        for x, y in zip(maps, order_maps_ref(rank.cpu(), K, p, False, True)):
+            assert torch.equal(x.cpu(), y)

@@ -7,6 +7,7 @@ bias, channel groups) and call these functions for the rest:
     depthwise_conv(x, conv, grid, layout)   a depthwise conv (+ activation) at the kept tokens, reading pruned positions
                                             through the layout's fill map (DESIGN 2.3 `conv_fill`)
     scan_plan(layout, length, ...)          one scan order over the kept tokens: index streams and the gap counts
+    prepare_orders(layout, specs)           the maps of every order a block scans, in one launch (pruned only)
     scan(mixer, d, u, dt, ..., plan)        the scan of direction d with Δ̂ resolved from `delta_fill`
 
 Dense models pass `layout=None`. With a layout, projections run on kept tokens only; the conv reads each tap
@@ -111,6 +112,13 @@ def scan_plan(layout: Optional[TokenLayout], length: int, order: Optional[Tensor
         return ScanPlan(u_idx=maps.pos, p_idx=maps.steps, o_idx=maps.src, gap=maps.gap, steps=maps.steps,
                         length=length)
     return ScanPlan(u_idx=maps.src, p_idx=maps.src, o_idx=maps.src, gap=maps.gap, steps=maps.steps, length=length)
+
+
+def prepare_orders(layout: Optional[TokenLayout], specs) -> None:
+    """Before a block's scans: the maps of all its orders, each (order, reverse, key) exactly as that scan passes
+    it to `scan_plan`, made together (one launch for up to four on the GPU; later blocks find them made)."""
+    if layout is not None:
+        layout.prepare_orders(specs)
 
 
 # ---------------------------------------------------------------------------------------------- Δ̂ and the scan

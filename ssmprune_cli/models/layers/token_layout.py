@@ -13,12 +13,14 @@ Fill of pruned positions for convolutions (`conv_fill`):
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ssmprune_cli.ops.layout_maps import OrderMaps, kept_maps, nearest_kept, order_maps
+from ssmprune_cli.ops.layout_maps import OrderMaps, kept_maps, nearest_kept, order_maps, order_maps_many
+
+from .grid_orders import grid_order
 
 CONV_FILLS = ("hold", "packed", "zero")
 DELTA_FILLS = ("calib", "bias", "zero")
@@ -96,10 +98,24 @@ class TokenLayout:
         visited at each step, or None for position order (walked backwards with `reverse`; those also carry the
         1-D 'hold' fill of that direction)."""
         if order is None:
-            return self._cached(("order", "raster", reverse), lambda: order_maps(
+            return self._cached(_order_key(None, reverse, None), lambda: order_maps(
                 self.rank(), self.num_kept, None, reverse, hold=True))
-        name = key if key is not None else (order.data_ptr(), order.numel())
-        return self._cached(("order", name), lambda: order_maps(self.rank(), self.num_kept, order))
+        return self._cached(_order_key(order, reverse, key), lambda: order_maps(self.rank(), self.num_kept, order))
+
+    def prepare_orders(self, specs: Sequence[Tuple[Optional[Tensor], bool, Optional[str]]]) -> None:
+        """Make the maps of several scan orders, (order, reverse, key) as `order_maps` takes them, in one launch
+        on the GPU (ops/layout_maps.order_maps_many): a family calls it with every order its next block scans, so
+        the prune point pays one launch for them instead of one each. Orders already made are skipped; position
+        orders are given as explicit aranges (the same maps, their 1-D hold fill included)."""
+        todo: Dict[object, Tensor] = {}
+        for order, reverse, key in specs:
+            k = _order_key(order, reverse, key)
+            if k not in self._cache and k not in todo:
+                todo[k] = order if order is not None else grid_order("row_rev" if reverse else "row", 1, self.length,
+                                                                     self.rank().device)
+        if todo:
+            maps = order_maps_many(self.rank(), self.num_kept, list(todo.values()), hold=True)
+            self._cache.update(zip(todo, maps))
 
     def scan_steps(self, order: Tensor, key: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """For a scan order (L,) of positions: the kept steps (b, K) ascending, and their kept-array index.
@@ -163,3 +179,11 @@ class TokenLayout:
         if self.refill is None:
             raise ValueError("this layout carries no refill features")
         return self.refill.scatter(1, self.keep[..., None].expand(-1, -1, x.shape[-1]), x)
+
+
+def _order_key(order: Optional[Tensor], reverse: bool, key: Optional[str]):
+    """The cache key of a scan order's maps: position order by direction, others by the caller's key (or, without
+    one, the order tensor's storage)."""
+    if order is None:
+        return ("order", "raster", bool(reverse))
+    return ("order", key if key is not None else (order.data_ptr(), order.numel()))
