@@ -36,7 +36,7 @@ from torch import Tensor
 from ._kernels import kernel_module
 from .profiling import op_range
 from .aligned_scan import gaps_from_steps
-from .selective_scan import resolve_backend
+from .selective_scan import index_kernel_applies
 
 
 # the profiler range of the kernels (`bench --stages` files it under "pruning / index")
@@ -51,17 +51,10 @@ class OrderMaps(NamedTuple):
     hold: Optional[Tensor] = None
 
 
-def _use_kernel(t: Tensor, backend: Optional[str]) -> bool:
-    name = resolve_backend(backend, t)
-    if name not in ("triton", "reference", "exact"):
-        raise ValueError(f"unknown layout-map backend {name!r}; choose one of auto, triton, reference, exact")
-    return name == "triton" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-
-
 def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reverse: bool = False,
                hold: bool = False, backend: Optional[str] = None) -> OrderMaps:
     """The kept steps of one scan order and what the aligned layers read at them (module docstring)."""
-    if _use_kernel(rank, backend):
+    if index_kernel_applies(rank, backend):
         with op_range(RANGE):
             return OrderMaps(*kernel_module("layout_maps").order_maps(rank, num_kept, order, reverse, hold))
     return order_maps_ref(rank, num_kept, order, reverse, hold)
@@ -70,7 +63,7 @@ def order_maps(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, reve
 def order_maps_many(rank: Tensor, num_kept: int, orders: Sequence[Tensor], hold: bool = False,
                     backend: Optional[str] = None) -> List[OrderMaps]:
     """`order_maps` of several explicit orders (each (L,)); on CUDA one launch for up to four."""
-    if _use_kernel(rank, backend):
+    if index_kernel_applies(rank, backend):
         with op_range(RANGE):
             return [OrderMaps(*m) for m in kernel_module("layout_maps").order_maps_many(rank, num_kept, orders, hold)]
     return [order_maps_ref(rank, num_kept, o, False, hold) for o in orders]
@@ -96,7 +89,7 @@ def order_maps_ref(rank: Tensor, num_kept: int, order: Optional[Tensor] = None, 
 def kept_maps(parent: Optional[Tensor], idx: Tensor, length: int, backend: Optional[str] = None
               ) -> Tuple[Tensor, Tensor, Tensor]:
     """(keep int64, keep int32, rank int64) of the layout that keeps rows `idx` of `parent` (module docstring)."""
-    if _use_kernel(idx, backend):
+    if index_kernel_applies(idx, backend):
         with op_range(RANGE):
             return kernel_module("layout_maps").kept_maps(parent, idx, int(length))
     return kept_maps_ref(parent, idx, length)
@@ -113,7 +106,7 @@ def kept_maps_ref(parent: Optional[Tensor], idx: Tensor, length: int) -> Tuple[T
 def nearest_kept(keep: Tensor, grid: Tuple[int, int], backend: Optional[str] = None) -> Tensor:
     """(b, L) int32: the kept row nearest to each cell of the grid (module docstring)."""
     H, W = (int(v) for v in grid)
-    if _use_kernel(keep, backend):
+    if index_kernel_applies(keep, backend):
         with op_range(RANGE):
             return kernel_module("layout_maps").nearest_kept(keep, (H, W))
     return nearest_kept_ref(keep, (H, W))

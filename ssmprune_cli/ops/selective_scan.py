@@ -56,6 +56,15 @@ def resolve_backend(backend: Optional[str], t: Tensor) -> str:
     return name
 
 
+def index_kernel_applies(t: Tensor, backend: Optional[str]) -> bool:
+    """Whether an index-building op (layout maps, token selection) runs its Triton kernel for `t`: the Triton
+    backend, and neither `torch.jit` tracing (fvcore) nor `torch.compile` (both take the PyTorch forms)."""
+    name = resolve_backend(backend, t)
+    if name not in ("triton", "reference", "exact"):
+        raise ValueError(f"unknown backend {name!r}; choose one of auto, triton, reference, exact")
+    return name == "triton" and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 _shapes_only = False
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._kernels import kernel_module
-from .layout_maps import _use_kernel
+from .selective_scan import index_kernel_applies
 from .profiling import op_range
 
 RANGE = "ssmprune::token_select"  # `bench --stages` files it under "pruning / index"
@@ -30,7 +30,7 @@ MAX_ROWS = 4096  # the most rows the selection kernel sorts in one program (kern
 
 def clip_scores(o: Tensor, backend: Optional[str] = None) -> Tensor:
     """(b, K, C) -> (b, K): sum of the channels clipped at zero, in o's dtype."""
-    if o.dim() == 3 and o.shape[-1] and _use_kernel(o, backend):
+    if o.dim() == 3 and o.shape[-1] and index_kernel_applies(o, backend):
         with op_range(RANGE):
             return kernel_module("token_select").clip_scores(o)
     return clip_scores_ref(o)
@@ -50,7 +50,7 @@ def select_top(scores: Tensor, keep: int, protected: Optional[Tensor] = None, ba
         protected = None
     if protected is not None and protected.shape[-1] > keep:
         raise ValueError(f"{protected.shape[-1]} protected tokens do not fit in {keep}")
-    if 0 < keep and K <= MAX_ROWS and _use_kernel(scores, backend):
+    if 0 < keep and K <= MAX_ROWS and index_kernel_applies(scores, backend):
         with op_range(RANGE):
             return kernel_module("token_select").select_top(scores, int(keep), protected)
     return select_top_ref(scores, keep, protected)
