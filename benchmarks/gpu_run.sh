@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_run.sh OUT_DIR [tests] [models] [base] [logits] [scan] [norm] [conv] [train] [trainbase]
 #                                      [compile] [stages] [profile] [stock] [pack]
 #
-#   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the one-state scan, the A_log
-#           cache and the layout maps
+#   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the layout maps, the token
+#           selection, the one-state scan and the A_log cache
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against; BASE=dir
@@ -39,11 +39,12 @@ for step in "$@"; do
     case "$step" in
         tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py \
-                   tests/ops/test_layout_maps.py 2>&1 \
+                   tests/ops/test_layout_maps.py tests/ops/test_token_select.py 2>&1 \
                    | tee "$out/tests.txt" | tail -60 ;;
-        quick) python3 -m pytest -q -x tests/ops/test_layout_maps.py tests/ops/test_token_scan.py \
-                   tests/ops/test_token_scan_backward.py -k "maps or nearest or layout or one_state or a_log or \
-                   small_state or single_state or bf16" 2>&1 | tee "$out/tests.txt" | tail -3 ;;
+        quick) { python3 -m pytest -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py && \
+                 python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
+                   -k "one_state or a_log or small_state or single_state or bf16"; } 2>&1 | tee "$out/tests.txt" \
+                   | grep -E "passed|failed|rror" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
                    --json "$out/eager.json" 2>&1 | tee "$out/eager.txt" | tail -2 ;;
         models) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases ${MODELS_ARGS:-} \
