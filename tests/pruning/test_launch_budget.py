@@ -6,6 +6,7 @@ score, selection, the new layout, one launch for all the scan orders of the next
 gathers of the tensors that go on and a hierarchical model's refill scatter."""
 
 import collections
+import os
 
 import pytest
 import torch
@@ -59,6 +60,8 @@ def _count(model, x, monkeypatch) -> collections.Counter:
     return counter.ops
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="counts Triton launches through the interpreter (set on machines without CUDA)")
 @pytest.mark.parametrize("name,options,per_point,once", [
     # score, select, layout, orders, 2-D fill, the gather of x, the refill scatter
     ("groupmamba_test", dict(depths=[2, 2, 2, 1]), 7, 0),
