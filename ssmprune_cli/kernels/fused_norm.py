@@ -68,6 +68,7 @@ def _norm_fwd_kernel(
     # meta-parameters
     BLOCK_D: tl.constexpr, ROWS: tl.constexpr, IS_RMS: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, STORE_RES: tl.constexpr, SAVE_STATS: tl.constexpr,
+    GATE_SILU: tl.constexpr = False,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_D)
@@ -93,7 +94,10 @@ def _norm_fwd_kernel(
     if HAS_BIAS:
         y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if HAS_GATE:
-        y *= tl.load(G + r64 * s_g + c, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(G + r64 * s_g + c, mask=mask, other=0.0).to(tl.float32)
+        if GATE_SILU:
+            g = g * tl.sigmoid(g)
+        y *= g
     tl.store(Y + r64 * s_y + c, y.to(Y.dtype.element_ty), mask=mask)
     if SAVE_STATS:
         tl.store(RSTD + rows, rstd, mask=rmask)
@@ -113,7 +117,7 @@ def _norm_bwd_kernel(
     BLOCK_D: tl.constexpr, ROWS: tl.constexpr, IS_RMS: tl.constexpr, HAS_RES: tl.constexpr,
     S_SAVED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, HAS_DRO: tl.constexpr,
     STORE_DX: tl.constexpr, STORE_DR: tl.constexpr, STORE_DG: tl.constexpr, STORE_DW: tl.constexpr,
-    STORE_DB: tl.constexpr,
+    STORE_DB: tl.constexpr, GATE_SILU: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -146,11 +150,18 @@ def _norm_bwd_kernel(
         dy = tl.load(DY + r64 * s_dy + c, mask=mask, other=0.0).to(tl.float32)
         if HAS_GATE:
             g = tl.load(G + r64 * s_g + c, mask=mask, other=0.0).to(tl.float32)
+            if GATE_SILU:  # the gate is silu(g): d silu / dg = sigmoid(g) (1 + g (1 - sigmoid(g)))
+                sg = tl.sigmoid(g)
+                dact = sg * (1.0 + g * (1.0 - sg))
+                g = g * sg
             if STORE_DG:
                 yn = xhat * w
                 if HAS_BIAS:
                     yn += b
-                tl.store(DG + r64 * s_dg + c, (dy * yn).to(DG.dtype.element_ty), mask=mask)
+                dgate = dy * yn
+                if GATE_SILU:
+                    dgate = dgate * dact
+                tl.store(DG + r64 * s_dg + c, dgate.to(DG.dtype.element_ty), mask=mask)
             dy = dy * g
         if STORE_DW:
             dw += dy * xhat
@@ -221,8 +232,8 @@ def _device_guard(t: Tensor):
 
 
 def _forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], gate: Optional[Tensor],
-             eps: float, is_rms: bool, out_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], save: bool
-             ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+             eps: float, is_rms: bool, out_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], save: bool,
+             gate_silu: bool = False) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """One forward launch: (out, residual out or None, mean or None, rstd or None). out and the residual output
     have x's shape and are allocated so, not as views (autograd forbids in-place changes to views a custom
     Function returns); mean (layer) and rstd, (M,) float32, only with `save`."""
@@ -242,7 +253,8 @@ def _forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
                 M, D, eps,
                 s_x, s_r, s_g, D, D,
                 BLOCK_D=block_d, ROWS=rows, IS_RMS=is_rms, HAS_RES=r2 is not None, HAS_BIAS=bias is not None,
-                HAS_GATE=g2 is not None, STORE_RES=ro is not None, SAVE_STATS=save, num_warps=warps)
+                HAS_GATE=g2 is not None, STORE_RES=ro is not None, SAVE_STATS=save, GATE_SILU=gate_silu,
+                num_warps=warps)
     return y, ro, mean, rstd
 
 
@@ -253,11 +265,12 @@ def _or(t: Optional[Tensor], dummy: Tensor) -> Tensor:
 
 class AddNormFn(torch.autograd.Function):
     """`ops.add_norm` with a backward: apply(x, residual, weight, bias, gate, eps, is_rms, out_dtype,
-    residual_dtype) -> (out, residual out or None). Gradients come back in their inputs' dtypes."""
+    residual_dtype, gate_silu) -> (out, residual out or None). Gradients come back in their inputs' dtypes."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype):
-        y, ro, mean, rstd = _forward(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, True)
+    def forward(ctx, x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, gate_silu):
+        y, ro, mean, rstd = _forward(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, True,
+                                     gate_silu)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, and the kernel skips it
         # the float32 residual output *is* s: the backward reads it instead of x and residual
         s_saved = ro is not None and ro.dtype == torch.float32
@@ -265,16 +278,17 @@ class AddNormFn(torch.autograd.Function):
             ctx.save_for_backward(None, None, ro, weight, bias, gate, mean, rstd)
         else:
             ctx.save_for_backward(x, residual, None, weight, bias, gate, mean, rstd)
-        ctx.meta = (is_rms, x.dtype, None if residual is None else residual.dtype, residual is not None)
+        ctx.meta = (is_rms, x.dtype, None if residual is None else residual.dtype, residual is not None, gate_silu)
         return y, ro
 
     @staticmethod
     def backward(ctx, dy, dro):
         x, r, s, weight, bias, gate, mean, rstd = ctx.saved_tensors
-        is_rms, x_dtype, r_dtype, has_res = ctx.meta
+        is_rms, x_dtype, r_dtype, has_res, gate_silu = ctx.meta
         need = ctx.needs_input_grad
         if dy is None:  # only the residual output was used: s = x + residual passes its gradient straight on
-            return _cast(dro, x_dtype, need[0]), _cast(dro, r_dtype, need[1]), None, None, None, None, None, None, None
+            return (_cast(dro, x_dtype, need[0]), _cast(dro, r_dtype, need[1]), None, None, None, None, None, None,
+                    None, None)
         D = int(weight.shape[0])
         (dy2, s_dy), (dro2, s_dro) = _rows(dy, D), _rows(dro, D)
         (x2, s_x), (r2, s_r), (s2, s_s), (g2, s_g) = _rows(x, D), _rows(r, D), _rows(s, D), _rows(gate, D)
@@ -299,12 +313,12 @@ class AddNormFn(torch.autograd.Function):
                     BLOCK_D=block_d, ROWS=rows, IS_RMS=is_rms, HAS_RES=has_res, S_SAVED=s2 is not None,
                     HAS_BIAS=bias is not None, HAS_GATE=g2 is not None, HAS_DRO=dro2 is not None,
                     STORE_DX=dx is not None, STORE_DR=dr is not None, STORE_DG=dg is not None,
-                    STORE_DW=store_dw, STORE_DB=store_db, num_warps=warps)
+                    STORE_DW=store_dw, STORE_DB=store_db, GATE_SILU=gate_silu, num_warps=warps)
         elif dwb is not None:
             dwb.zero_()
         sums = None if dwb is None else dwb.sum(1)  # (2, D): dw, db
         return (dx, dr, sums[0].to(weight.dtype) if store_dw else None, sums[1].to(bias.dtype) if store_db else None,
-                dg, None, None, None, None)
+                dg, None, None, None, None, None)
 
 
 def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype], needed: bool) -> Optional[Tensor]:
@@ -313,7 +327,7 @@ def _cast(t: Optional[Tensor], dtype: Optional[torch.dtype], needed: bool) -> Op
 
 def add_norm_triton(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], eps: float,
                     is_rms: bool, out_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
-                    gate: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+                    gate: Optional[Tensor], gate_silu: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """`ops.add_norm` on the GPU (or under TRITON_INTERPRET=1), dtypes already resolved by the caller (None
     residual_dtype: no residual output). Inputs must not be float64 (the dispatcher sends those to the reference).
     Without a gradient to compute, the forward launches directly (no autograd.Function on the host path)."""
@@ -326,6 +340,6 @@ def add_norm_triton(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias:
     bias = None if bias is None else bias.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x, residual, weight, bias, gate)):
-        return AddNormFn.apply(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype)
-    y, ro, _, _ = _forward(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, False)
+        return AddNormFn.apply(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, gate_silu)
+    y, ro, _, _ = _forward(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, False, gate_silu)
     return y, ro

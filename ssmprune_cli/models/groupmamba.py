@@ -145,8 +145,9 @@ class SS2D(nn.Module):
         order, reverse, key = self.scan_spec(hw, x.device)
         plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
         y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
-        n = self.out_norm  # out_norm(y) · silu(z), one kernel on the GPU
-        y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=F.silu(z))
+        n = self.out_norm  # out_norm(y) · silu(z), the silu too in one kernel on the GPU
+        y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=z,
+                        gate_act="silu")
         return self.out_proj(y)
 
 

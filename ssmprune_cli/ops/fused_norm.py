@@ -8,7 +8,9 @@ Semantics (`add_norm_ref` is the definition):
     normed = s * rsqrt(mean(s^2) + eps) * weight (+ bias)                       kind="rms"   (mamba_ssm's RMSNorm)
     normed = (s - mean(s)) * rsqrt(var(s) + eps) * weight (+ bias)              kind="layer" (torch's LayerNorm,
                                                                                               biased variance)
-    out    = normed * gate                (when a gate is given: GroupMamba's `out_norm(y) * z`), in out_dtype
+    out    = normed * gate                (when a gate is given: GroupMamba's `out_norm(y) * silu(z)`), in out_dtype;
+                                          with gate_act="silu" the gate is silu(gate), computed in float32 inside
+                                          the op (one pass over z instead of a separate silu kernel)
 Returns (out, residual_out):
     out_dtype defaults to x.dtype.
     residual_out is s in residual_dtype. It is returned whenever a residual is given, and when residual is None only
@@ -22,7 +24,8 @@ Examples, as the models compute them:
     Vim block 0: hidden, residual = add_norm(hidden, None, w, None, eps, "rms",
                                              residual_dtype=torch.promote_types(hidden.dtype, torch.float32))
     PlainMamba:  h, _ = add_norm(x, None, ln.weight, ln.bias, ln.eps, "layer")   (= layer_norm(x, ...))
-    GroupMamba:  y, _ = add_norm(y, None, out_norm.weight, out_norm.bias, out_norm.eps, "layer", gate=z)
+    GroupMamba:  y, _ = add_norm(y, None, out_norm.weight, out_norm.bias, out_norm.eps, "layer", gate=z,
+                                 gate_act="silu")
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ _BACKENDS = (None, "auto", "triton", "reference")
 MAX_WIDTH = 4096  # widest row the Triton kernels take in one block (kernels/fused_norm.py); wider go to the reference
 
 
-def _check(x, residual, weight, bias, kind, gate) -> None:
+def _check(x, residual, weight, bias, kind, gate, gate_act=None) -> None:
     if kind not in _KINDS:
         raise ValueError(f"unknown norm kind {kind!r}; choose 'rms' or 'layer'")
+    if gate_act not in (None, "silu"):
+        raise ValueError(f"unknown gate activation {gate_act!r}; choose None or 'silu'")
+    if gate_act is not None and gate is None:
+        raise ValueError("add_norm: gate_act needs a gate")
     if torch.jit.is_tracing():  # shapes are traced values there (comparing them warns); eager calls check
         return
     D = x.shape[-1]
@@ -66,9 +73,10 @@ def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_dtype: Optio
 
 def add_norm_ref(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], eps: float,
                  kind: str, out_dtype: Optional[torch.dtype] = None, residual_dtype: Optional[torch.dtype] = None,
-                 gate: Optional[Tensor] = None, backend: Optional[str] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                 gate: Optional[Tensor] = None, backend: Optional[str] = None, gate_act: Optional[str] = None
+                 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The definition, in plain differentiable PyTorch (`backend` is accepted and ignored)."""
-    _check(x, residual, weight, bias, kind, gate)
+    _check(x, residual, weight, bias, kind, gate, gate_act)
     dtype = torch.float64 if _any_float64(x, residual, weight, bias, gate) else torch.float32
     s = x.to(dtype) if residual is None else x.to(dtype) + residual.to(dtype)
     if kind == "rms":
@@ -80,14 +88,16 @@ def add_norm_ref(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Op
     if bias is not None:
         normed = normed + bias.to(dtype)
     if gate is not None:
-        normed = normed * gate.to(dtype)
+        g = gate.to(dtype)
+        normed = normed * (g * torch.sigmoid(g) if gate_act == "silu" else g)
     res_dtype = _residual_dtype(x, residual, residual_dtype)
     return normed.to(out_dtype or x.dtype), None if res_dtype is None else s.to(res_dtype)
 
 
 def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], eps: float, kind: str,
              out_dtype: Optional[torch.dtype] = None, residual_dtype: Optional[torch.dtype] = None,
-             gate: Optional[Tensor] = None, backend: Optional[str] = None) -> Tuple[Tensor, Optional[Tensor]]:
+             gate: Optional[Tensor] = None, backend: Optional[str] = None, gate_act: Optional[str] = None
+             ) -> Tuple[Tensor, Optional[Tensor]]:
     """Fused residual add + RMSNorm / LayerNorm (+ gate); see the module docstring for the semantics.
 
     backend None / "auto": the Triton kernels for CUDA tensors (rows up to MAX_WIDTH wide), the reference otherwise.
@@ -104,12 +114,12 @@ def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
     else:
         use_triton = backend == "triton"
     if not use_triton or _any_float64(x, residual, weight, bias, gate):
-        return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate)
-    _check(x, residual, weight, bias, kind, gate)
+        return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate, gate_act=gate_act)
+    _check(x, residual, weight, bias, kind, gate, gate_act)
     with op_range("ssmprune::add_norm"):
         kernels = kernel_module("fused_norm")
         return kernels.add_norm_triton(x, residual, weight, bias, float(eps), kind == "rms", out_dtype or x.dtype,
-                                       _residual_dtype(x, residual, residual_dtype), gate)
+                                       _residual_dtype(x, residual, residual_dtype), gate, gate_act == "silu")
 
 
 def _any_float64(*tensors: Optional[Tensor]) -> bool:

@@ -149,6 +149,14 @@ def test_reference_gate_and_dtypes():
         assert rms_norm(y.to(torch.bfloat16), torch.ones(D), EPS).dtype == torch.bfloat16
         out, res = add_norm_ref(y.to(torch.bfloat16), None, ln.weight, None, EPS, "rms", out_dtype=torch.float32)
         assert out.dtype == torch.float32 and res is None
+        y64, z64 = y.double(), z.double()
+        out = add_norm_ref(y64, None, ln.weight, ln.bias, ln.eps, "layer", gate=z64, gate_act="silu")[0]
+        torch.testing.assert_close(out, F.layer_norm(y64, (D,), ln.weight.double(), ln.bias.double(), ln.eps)
+                                   * (z64 / (1 + torch.exp(-z64))), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="gate activation"):
+        add_norm(y, None, ln.weight, ln.bias, ln.eps, "layer", gate=z, gate_act="gelu")
+    with pytest.raises(ValueError, match="gate_act needs a gate"):
+        add_norm(y, None, ln.weight, ln.bias, ln.eps, "layer", gate_act="silu")
 
 
 # ------------------------------------------------------------------------------------------- Triton kernels
@@ -177,12 +185,13 @@ def leaves(tensors, dtype=None):
             .requires_grad_() for t in tensors]
 
 
-def check(kind, tensors, res_dtype, out_dtype=None, use_residual_grad=True):
+def check(kind, tensors, res_dtype, out_dtype=None, use_residual_grad=True, gate_act=None):
     """Kernel and float64 reference on the same (rounded) inputs: outputs and every gradient."""
     mine, ref = leaves(tensors), leaves(tensors, torch.float64)
     x = tensors[0]
-    y, res = add_norm(*mine[:4], EPS, kind, out_dtype, res_dtype, mine[4], backend="triton")
-    want_y, want_res = add_norm_ref(*ref[:4], EPS, kind, None, None if res_dtype is None else torch.float64, ref[4])
+    y, res = add_norm(*mine[:4], EPS, kind, out_dtype, res_dtype, mine[4], backend="triton", gate_act=gate_act)
+    want_y, want_res = add_norm_ref(*ref[:4], EPS, kind, None, None if res_dtype is None else torch.float64, ref[4],
+                                    gate_act=gate_act)
     assert_matches(y, want_y, out_dtype or x.dtype, "out")
     if res_dtype is None and tensors[1] is None:
         assert res is None
@@ -208,6 +217,17 @@ def check(kind, tensors, res_dtype, out_dtype=None, use_residual_grad=True):
 def test_kernels_every_option(kind, res, bias, gate, dtype, small_tiles):
     tensors, res_dtype = case_inputs(kind, res, bias, gate, dtype, lead=(11,), D=40)
     check(kind, tensors, res_dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,res,dtype", [("layer", None, torch.bfloat16), ("layer", None, torch.float32),
+                                            ("rms", "fp32", torch.float32)])
+def test_kernels_silu_gate(kind, res, dtype, small_tiles):
+    """gate_act='silu' (GroupMamba's out_norm(y) * silu(z) in one pass): forward and every gradient, the gate's
+    through silu', against the float64 reference."""
+    tensors, res_dtype = case_inputs(kind, res, True, True, dtype, lead=(11,), D=24)
+    tensors[4] = tensors[4] * 3  # the gate over silu's curved range
+    check(kind, tensors, res_dtype, gate_act="silu")
 
 
 @pytest.mark.slow
