@@ -12,7 +12,7 @@
 # The build runs in a copy under /tmp: the device tool replaces the working tree at every call, so a build inside
 # it breaks when a later call arrives. Each setup.py is patched in the copy to compile one architecture, and the
 # backward and decoding kernels (never called by the benchmark) are replaced by one small file of stubs that raise:
-# nine of mamba-ssm's ten CUDA files are backward kernels. The forward kernels are compiled as released.
+# six of mamba-ssm's nine CUDA files are backward kernels. The forward kernels are compiled as released.
 # Installs into the active Python; prints the time taken. MAX_JOBS (default: all cores) sets the parallel jobs.
 set -euo pipefail
 src=$(cd "${1:?folder with the two sdists}" && pwd)
