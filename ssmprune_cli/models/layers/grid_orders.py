@@ -30,9 +30,12 @@ def grid_order_definition(kind: str, H: int, W: int, device=None) -> Tensor:
     return idx.flip(0) if kind.endswith("_rev") else idx
 
 
-@torch.compiler.disable  # traced, the cached look-up would be a tensor made outside the graph at every call
 def grid_order(kind: str, H: int, W: int, device=None) -> Tensor:
-    """(L,) int32 order of `kind` on an H x W grid (module docstring), shared by every call with these arguments."""
+    """(L,) int32 order of `kind` on an H x W grid (module docstring), shared by every call with these arguments.
+    Under torch.compile the definition is traced instead (the compiled graph makes it; a cached look-up would
+    break the graph at every block)."""
+    if torch.compiler.is_compiling():
+        return grid_order_definition(kind, H, W, device).to(torch.int32)
     return _made(kind, int(H), int(W), torch.device(device if device is not None else "cpu"))
 
 
