@@ -131,8 +131,9 @@ def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H,
     x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
     w_cols = wt_ptr + offs_c
     src_row = src_ptr + pid_b * s_sb
-    # a loop over tap rows (a static unroll of 7x7 hoisted all 49 loads and spilled); ptxas still unrolls it:
-    # 155 registers for 3x3, 251 for 7x7 at BT 32 x BC 64 (sm_90), no spills (docs/kernels.md)
+    # a loop over tap rows (a static unroll of 7x7 hoisted all 49 loads and spilled): 64 registers for 3x3 dense,
+    # 78 through a hold map, 96 for 7x7, 56 for Vim's 1x4, at BT 32 x BC 64 (sm_90, launch-time specialisation),
+    # no spills (docs/kernels.md)
     for i in range(KH):
         di = (PH - i) if FLIP else (i - PH)
         ok_r = mt & (r + di >= 0) & (r + di < H)
