@@ -85,12 +85,12 @@ class TokenLayout:
         return self._cache[key]
 
     def rank(self) -> Tensor:
-        """(b, L) long: index of each position in the kept array, -1 where pruned."""
-        def make():
-            r = torch.full((self.batch, self.length), -1, dtype=torch.long, device=self.keep.device)
-            ar = torch.arange(self.num_kept, device=self.keep.device).expand(self.batch, -1)
-            return r.scatter(1, self.keep, ar)
-        return self._cached("rank", make)
+        """(b, L) long: index of each position in the kept array, -1 where pruned (made with the int32 positions
+        by `kept_maps`, as `select` makes them, for a layout built from its positions)."""
+        if "rank" not in self._cache:
+            _, keep32, self._cache["rank"] = kept_maps(None, self.keep, self.length)
+            self._cache.setdefault("keep32", keep32)
+        return self._cache["rank"]
 
     def order_maps(self, order: Optional[Tensor] = None, reverse: bool = False,
                    key: Optional[str] = None) -> OrderMaps:
