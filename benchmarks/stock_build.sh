@@ -54,8 +54,9 @@ else:
              ("causal_conv1d_update_cuda", "ConvParamsBase", types)]
 if not dropped or any(f'"{f}"' not in text for f in dropped):
     sys.exit(f"{setup}: the backward sources are not where this script expects them")
-lines = ["// ssmprune benchmark build: kernels the benchmark never calls, replaced by stubs that raise", header,
-         "#include <c10/util/BFloat16.h>", "#include <c10/util/Half.h>", "#include <c10/util/Exception.h>", ""]
+lines = ["// ssmprune benchmark build: kernels the benchmark never calls, replaced by stubs that raise",
+         "#include <cstdint>", "#include <cuda_runtime.h>", "#include <c10/util/BFloat16.h>",
+         "#include <c10/util/Half.h>", "#include <c10/util/complex.h>", "#include <c10/util/Exception.h>", header, ""]
 for fn, params, pairs in stubs:
     lines.append(f"template<typename I, typename W> void {fn}({params} &params, cudaStream_t stream) "
                  f'{{ TORCH_CHECK(false, "{fn} is not built (ssmprune benchmark build)"); }}')

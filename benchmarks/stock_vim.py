@@ -48,7 +48,8 @@ def stock_kernels() -> Dict[str, Callable]:
     import selective_scan_cuda
 
     def scan(u, delta, A, B, C, D, z, delta_bias):
-        out, _states, *rest = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, delta_bias, True)
+        # B and C as (b, 1 group, N, L): the official `rearrange(B, "(b l) dstate -> b 1 dstate l")`
+        out, _states, *rest = selective_scan_cuda.fwd(u, delta, A, B[:, None], C[:, None], D, z, delta_bias, True)
         return rest[0]
 
     return {"conv": lambda x, w, b: causal_conv1d_fn(x, w, b, activation="silu"), "scan": scan}
