@@ -16,6 +16,16 @@ when REVERSE is set (Vim's backward direction reads kept tokens in descending or
 Per-token loads in this layout are one coalesced 2-byte (bf16) or 4-byte element per thread and step, with no
 shared-memory conversion. The step's loads (u, Δ, gap, z, acc) are issued one step ahead of their use, and the
 next step's B/C rows are asked into L1 (`prefetch.global.L1`) while this step computes.
+
+Chunks. A program walks its steps one after another, so a launch with few programs (batch 1: Vim-S has 24 per
+direction, a GroupMamba-T first-stage group one) takes the time of S dependent steps whatever the GPU's size: on an
+H100 Vim-S's scans were 5.4 of its 6.2 ms at batch 1 while the stock CUDA kernel, which splits each sequence over a
+thread block, ran the whole model in 2.8 ms. Such a launch splits its steps into P chunks instead (`_chunks`; never
+the training forward, whose saved states follow one pass). The recurrence h <- a h + b with a = exp2(A·log2(e)·Δ)
+composes over a chunk into h <- exp2(A·log2(e)·ΣΔ) h + h_chunk, so a summary launch (PHASE 1) scans every chunk but
+the last from a zero state and stores its end state h_chunk and its decay sum ΣΔ; the output launch (PHASE 2) starts
+chunk c from the combination of chunks 0 … c-1 (c cheap steps) and scans it as usual. The latency is then about
+2·S/P + P steps instead of S, for at most twice the work of the chunked launch.
 """
 
 from __future__ import annotations
@@ -36,8 +46,12 @@ import triton.language as tl
 # One warp per program for the one-channel-per-thread forward; tiles of steps x channels for one state, whose
 # last, shorter tiles split the remaining steps finely when the grid gives every SM at least `tail_warps_per_sm`
 # warps, and are one tile otherwise.
-LAUNCH: Dict[str, Dict[str, int]] = {"states": {"num_warps": 1},
-                                     "one_state": {"BT": 128, "BE": 16, "num_warps": 4, "tail_warps_per_sm": 16}}
+# A launch with fewer programs than `chunk_below` per SM (batch 1, a narrow channel group) splits its steps into
+# chunks of at least `chunk_min` steps, as many as give about `chunk_target` programs per SM (module docstring).
+LAUNCH: Dict[str, Dict[str, float]] = {
+    "states": {"num_warps": 1, "chunk_below": 1.0, "chunk_target": 4.0, "chunk_min": 16},
+    "one_state": {"BT": 128, "BE": 16, "num_warps": 4, "tail_warps_per_sm": 16,
+                  "chunk_below": 0.5, "chunk_target": 2.0, "chunk_min": 128}}
 _TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
 
 
@@ -78,24 +92,33 @@ def _step_inputs(t, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, gap_
     return u, x, g, z, a, rp, ro
 
 
-@triton.jit(do_not_specialize=["S", "s_an", "s_he"])
+@triton.jit(do_not_specialize=["S", "s_an", "s_he", "CL", "P"])
 def _token_scan_kernel(
-    # pointers; A2T = (A * log2(e)) transposed, (n, e), e contiguous; Bt/Ct (b, Lp, NP) float32 copies
+    # pointers; A2T = (A * log2(e)) transposed, (n, e), e contiguous; Bt/Ct (b, Lp, NP) float32 copies;
+    # cs/cd: the chunks' end states (b, P, NP, E) and decay sums (b, P, E), float32 (PHASE 1 writes, 2 reads)
     u_ptr, dl_ptr, A2T_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
-    ui_ptr, pi_ptr, oi_ptr, hs_ptr,
-    # sizes; s_an = e (A2T's row stride, not specialised: it keeps the A load at one channel per thread)
-    S, E, N, Lp, s_an, out_scale,
+    ui_ptr, pi_ptr, oi_ptr, hs_ptr, cs_ptr, cd_ptr,
+    # sizes; s_an = e (A2T's row stride, not specialised: it keeps the A load at one channel per thread);
+    # CL steps per chunk, P chunks (PHASE 0: one chunk of S steps)
+    S, E, N, Lp, s_an, out_scale, CL, P,
     # strides in elements (the channel stride of every activation is 1; s_he = 1, hs's, not specialised)
     s_he, s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
     # meta-parameters
     BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
     P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
-    SAVE: tl.constexpr = False,
+    SAVE: tl.constexpr = False, PHASE: tl.constexpr = 0,
 ):
-    """SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), NP, E) float32) for the backward."""
+    """SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), NP, E) float32) for the backward.
+
+    PHASE (module docstring, "chunks"): 0 scans all S steps; 1 scans chunk pid_c from a zero state and stores its
+    end state and the sum of its decay Δs, writing no output; 2 starts chunk pid_c from the state the earlier
+    chunks' summaries give and writes its outputs."""
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_c = tl.program_id(2)
+    t_begin = pid_c * CL
+    t_end = tl.minimum(S, t_begin + CL)
     offs_e = pid_e * BE + tl.arange(0, BE)
     offs_n = tl.arange(0, NP)
     me = offs_e < E
@@ -120,20 +143,31 @@ def _token_scan_kernel(
     oi_row = oi_ptr + pid_b * s_oib
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
-    un, xn, gn, zn, an, rpn, ron = _step_inputs(S * 0, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, g_row,
+    cs_b = cs_ptr + pid_b * P * NP * E + offs_n[:, None] * E + offs_e[None, :]
+    cd_b = cd_ptr + pid_b * P * E + offs_e
+    if PHASE == 2:
+        # the state entering this chunk: the earlier chunks' end states, each decayed by the chunks after it
+        # (a chunk's decay is exp2(A·log2(e) · its Δ sum): the product of its steps' decays)
+        for k in range(0, pid_c):
+            dsum = tl.load(cd_b + k * E, mask=me, other=0.0)
+            hk = tl.load(cs_b + k * NP * E, mask=me[None, :], other=0.0)
+            h = K._ex2(dsum[None, :] * A2, FAST) * h + hk
+    dacc = tl.zeros((BE,), dtype=tl.float32)
+    un, xn, gn, zn, an, rpn, ron = _step_inputs(t_begin, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, g_row,
                                                 me, offs_e, s_ur, s_dr, s_zr, s_ar, U_IDX, P_IDX, O_IDX, REVERSE,
                                                 HAS_GAP, HAS_Z, HAS_ACC)
-    for t in range(0, S):
+    for t in range(t_begin, t_end):
         uu, x, g, zz, acc, rp, ro = un, xn, gn, zn, an, rpn, ron
         # the next step's rows and inputs, one step ahead (the last iteration re-reads its own, harmlessly), and
         # its B/C rows asked into L1, so no load of a step waits on L2 or HBM
-        un, xn, gn, zn, an, rpn, ron = _step_inputs(tl.minimum(t + 1, S - 1), S, u_row, dl_row, z_row, a_row, ui_row,
+        un, xn, gn, zn, an, rpn, ron = _step_inputs(tl.minimum(t + 1, t_end - 1), S, u_row, dl_row, z_row, a_row, ui_row,
                                                     pi_row, oi_row, g_row, me, offs_e, s_ur, s_dr, s_zr, s_ar,
                                                     U_IDX, P_IDX, O_IDX, REVERSE, HAS_GAP, HAS_Z, HAS_ACC)
         K._prefetch_l1(Bt_ptr + rpn * NP, FAST)
-        K._prefetch_l1(Ct_ptr + rpn * NP, FAST)
         b = K._row16(Bt_ptr + rp * NP, offs_n, vec)
-        c = K._row16(Ct_ptr + rp * NP, offs_n, vec)
+        if PHASE != 1:
+            K._prefetch_l1(Ct_ptr + rpn * NP, FAST)
+            c = K._row16(Ct_ptr + rp * NP, offs_n, vec)
         if SAVE:
             # all NP states (padded ones stay zero), in a store predicated on the step rather than a branch:
             # compiled for sm_90 (Triton 3.9) the branch took 128 registers, a state mask 108, this 96, as many
@@ -153,15 +187,21 @@ def _token_scan_kernel(
             dtd = dt
         a = K._ex2(dtd[None, :] * A2, FAST)
         h = a * h + (dt * uu)[None, :] * b[:, None]
-        y = tl.sum(h * c[:, None], axis=0)
-        if HAS_D:
-            y += Dv * uu
-        if HAS_ACC:
-            y += acc
-        if HAS_Z:
-            y *= zz * K._sigmoid(zz, FAST)
-        y *= out_scale
-        tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
+        if PHASE == 1:
+            dacc += dtd
+        else:
+            y = tl.sum(h * c[:, None], axis=0)
+            if HAS_D:
+                y += Dv * uu
+            if HAS_ACC:
+                y += acc
+            if HAS_Z:
+                y *= zz * K._sigmoid(zz, FAST)
+            y *= out_scale
+            tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
+    if PHASE == 1:
+        tl.store(cs_b + pid_c * NP * E, h, mask=me[None, :])
+        tl.store(cd_b + pid_c * E, dacc, mask=me)
 
 
 @triton.jit
@@ -183,17 +223,18 @@ def _linear_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _one_state_tile(
-    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+    t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
     s_ur, s_dr, s_zr, s_ar, s_or,
     BT: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
     P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
-    SAVE: tl.constexpr,
+    SAVE: tl.constexpr, OUT: tl.constexpr,
 ):
-    """Steps t0 … t0 + BT - 1 (those < S) by one parallel prefix; returns the state after the tile's last step."""
+    """Steps t0 … t0 + BT - 1 (those < t_end) by one parallel prefix; returns the state after the tile's last step
+    and, without OUT (no outputs written: a chunk's summary), the sum of the tile's decay Δs."""
     tt = t0 + tl.arange(0, BT)
-    mt = tt < S
+    mt = tt < t_end
     m2 = mt[:, None] & me[None, :]
     ru = _rows_tile(tt, S, ui_row, mt, U_IDX, REVERSE)
     rp = _rows_tile(tt, S, pi_row, mt, P_IDX, REVERSE)
@@ -201,7 +242,6 @@ def _one_state_tile(
     uu = tl.load(u_row + ru[:, None] * s_ur + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
     x = tl.load(dl_row + rp[:, None] * s_dr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
     bb = tl.load(Bt_ptr + rp * NP, mask=mt, other=0.0)
-    cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
     if HAS_BIAS:
         x += bias[None, :]
     if SOFTPLUS:
@@ -225,33 +265,39 @@ def _one_state_tile(
         nxt = tt + 1
         keep = (nxt % 4 == 0) & (nxt < S)
         tl.store(hs_ptr + (nxt // 4)[:, None] * E + offs_e[None, :], h, mask=m2 & keep[:, None])
-    y = h * cc[:, None]
-    if HAS_D:
-        y += Dv[None, :] * uu
-    if HAS_ACC:
-        y += tl.load(a_row + ro[:, None] * s_ar + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_Z:
-        zz = tl.load(z_row + ro[:, None] * s_zr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-        y *= zz * K._sigmoid(zz, FAST)
-    y *= out_scale
-    tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(o_row.dtype.element_ty), mask=m2)
-    return carry
+    if OUT:
+        cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
+        y = h * cc[:, None]
+        if HAS_D:
+            y += Dv[None, :] * uu
+        if HAS_ACC:
+            y += tl.load(a_row + ro[:, None] * s_ar + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + ro[:, None] * s_zr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
+            y *= zz * K._sigmoid(zz, FAST)
+        y *= out_scale
+        tl.store(o_row + ro[:, None] * s_or + offs_e[None, :], y.to(o_row.dtype.element_ty), mask=m2)
+        dsum = carry * 0.0
+    else:
+        dsum = tl.sum(tl.where(m2, dtd, 0.0), axis=0)
+    return carry, dsum
 
 
-@triton.jit(do_not_specialize=["S"])
+@triton.jit(do_not_specialize=["S", "CL", "P"])
 def _token_scan_one_state_kernel(
-    # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read)
+    # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read); cs/cd the
+    # chunks' end states and decay sums, (b, P, E) float32 each (PHASE 1 writes, 2 reads)
     u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
-    ui_ptr, pi_ptr, oi_ptr, hs_ptr,
-    # sizes
-    S, E, Lp, out_scale,
+    ui_ptr, pi_ptr, oi_ptr, hs_ptr, cs_ptr, cd_ptr,
+    # sizes; CL steps per chunk (a multiple of BT), P chunks (PHASE 0: one chunk of S steps)
+    S, E, Lp, out_scale, CL, P,
     # strides in elements (the channel stride of every activation is 1)
     s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
     # meta-parameters
     BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
     U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
-    TERMS: tl.constexpr, SAVE: tl.constexpr = False, SPLIT: tl.constexpr = False,
+    TERMS: tl.constexpr, SAVE: tl.constexpr = False, SPLIT: tl.constexpr = False, PHASE: tl.constexpr = 0,
 ):
     """One state per channel (GroupMamba, VMamba: d_state = 1). The recurrence h <- a h + b is first order, so
     each tile of BT steps is solved at once by a parallel prefix (associative scan) and only the carry crosses
@@ -263,9 +309,14 @@ def _token_scan_one_state_kernel(
     r in (BT/2, 3BT/4] runs as a BT/2 and a BT/4 tile instead of one of BT, so fewer than BT/4 padded steps are
     ever solved.
 
-    SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), 1, E) float32) for the backward."""
+    SAVE: also store the state before every 4th step (hs, (b, ceil(S/4), 1, E) float32) for the backward.
+    PHASE: as in `_token_scan_kernel` (chunks of CL steps; the tail rule applies to the last chunk)."""
     pid_e = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_c = tl.program_id(2)
+    t_begin = pid_c * CL
+    t_end = tl.minimum(S, t_begin + CL)
+    OUT: tl.constexpr = PHASE != 1
     offs_e = pid_e * BE + tl.arange(0, BE)
     me = offs_e < E
     a2 = tl.load(A2_ptr + offs_e, mask=me, other=0.0)
@@ -290,42 +341,74 @@ def _token_scan_one_state_kernel(
         tl.store(hs_ptr + offs_e, tl.zeros((BE,), dtype=tl.float32), mask=me)  # the state before step 0
 
     carry = tl.zeros((BE,), dtype=tl.float32)
-    tiles = S // BT
+    cs_b = cs_ptr + pid_b * P * E + offs_e
+    cd_b = cd_ptr + pid_b * P * E + offs_e
+    if PHASE == 2:
+        # the state entering this chunk: the earlier chunks' end states, each decayed by the chunks after it
+        for k in range(0, pid_c):
+            dk = tl.load(cd_b + k * E, mask=me, other=0.0)
+            carry = K._ex2(dk * a2, FAST) * carry + tl.load(cs_b + k * E, mask=me, other=0.0)
+    dacc = tl.zeros((BE,), dtype=tl.float32)
+    tiles = (t_end - t_begin) // BT
     for i in range(0, tiles):
-        carry = _one_state_tile(
-            i * BT, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+        carry, d = _one_state_tile(
+            t_begin + i * BT, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
             u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
             s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
-            U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
-    t0 = tiles * BT
-    if t0 < S:  # the tail: steps past S are masked in its tile
-        if S - t0 > ((3 * BT) // 4 if SPLIT else BT // 2):
-            carry = _one_state_tile(
-                t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+            U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
+        dacc += d
+    t0 = t_begin + tiles * BT
+    if t0 < t_end:  # the tail: steps past t_end are masked in its tile
+        if t_end - t0 > ((3 * BT) // 4 if SPLIT else BT // 2):
+            carry, d = _one_state_tile(
+                t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                 u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
                 s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
-                U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+                U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
+            dacc += d
         else:
-            if S - t0 > BT // 4:
-                carry = _one_state_tile(
-                    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+            if t_end - t0 > BT // 4:
+                carry, d = _one_state_tile(
+                    t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
                     s_ur, s_dr, s_zr, s_ar, s_or, BT // 2, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
-                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
+                dacc += d
                 t0 += BT // 2
-            if t0 < S:
-                carry = _one_state_tile(
-                    t0, carry, S, E, offs_e, me, a2, bias, fill, Dv, out_scale,
+            if t0 < t_end:
+                carry, d = _one_state_tile(
+                    t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
                     s_ur, s_dr, s_zr, s_ar, s_or, BT // 4, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
-                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE)
+                    HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
+                dacc += d
+    if PHASE == 1:
+        tl.store(cs_b + pid_c * E, carry, mask=me)
+        tl.store(cd_b + pid_c * E, dacc, mask=me)
+
+
+def _sms(u: Tensor) -> int:
+    return _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
+
+
+def _chunks(programs: int, S: int, cfg, u: Tensor, align: int, save: bool):
+    """(P, CL): the number of chunks a launch of `programs` programs splits its S steps into, and the steps per
+    chunk (a multiple of `align`). One chunk when the grid already occupies the GPU, for the training forward
+    (its saved states follow one pass), when the steps are too few to split, or when the launch entry sets no
+    `chunk_below`."""
+    below, target, least = cfg.get("chunk_below", 0.0), cfg.get("chunk_target", 1.0), int(cfg.get("chunk_min", 1))
+    sms = _sms(u)
+    if save or programs >= below * sms or S < 2 * least:
+        return 1, S
+    want = min(_cdiv(int(target * sms), programs), _cdiv(S, least))
+    CL = _cdiv(_cdiv(S, align), want) * align
+    return _cdiv(S, CL), CL
 
 
 def _split_tail(grid, cfg, u: Tensor) -> bool:
     """Split the one-state kernel's tail finely when the grid fills the GPU (throughput: fewer padded steps win);
     with few programs a run is latency-bound and one more serial tile would cost more than it saves."""
-    sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if u.is_cuda else 1
-    return grid[0] * grid[1] * cfg["num_warps"] >= cfg["tail_warps_per_sm"] * sms
+    return grid[0] * grid[1] * cfg["num_warps"] >= cfg["tail_warps_per_sm"] * _sms(u)
 
 
 def _empty(shape, dtype, device) -> Tensor:
@@ -425,17 +508,40 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
                  SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
                  P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms,
                  SAVE=bool(save))
+    # a chunk summary needs neither C, z, acc, D nor the output rows
+    summary = dict(flags, HAS_D=False, HAS_Z=False, HAS_ACC=False, O_IDX=False, PHASE=1)
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
         if N == 1:
             cfg = LAUNCH["one_state"]
-            grid = (_cdiv(E, cfg["BE"]), b)
-            _token_scan_one_state_kernel[grid](
-                u, delta, A2T, Bt, Ct, *common, S, E, Lp, float(out_scale), *strides,
-                BT=cfg["BT"], BE=cfg["BE"], num_warps=cfg["num_warps"], SPLIT=_split_tail(grid, cfg, u), **flags)
+            BT, BE, warps = int(cfg["BT"]), int(cfg["BE"]), int(cfg["num_warps"])
+            grid = (_cdiv(E, BE), b)
+            P, CL = _chunks(grid[0] * b, S, cfg, u, BT, save)
+            cs, cd = _chunk_buffers(P, (b, P, E), (b, P, E), u.device, Bt)
+            split = _split_tail((grid[0], b * P), cfg, u)
+            args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, Lp, float(out_scale), CL, P, *strides)
+            if P > 1:
+                _token_scan_one_state_kernel[grid + (P - 1,)](*args, BT=BT, BE=BE, num_warps=warps, SPLIT=split,
+                                                              **summary)
+            _token_scan_one_state_kernel[grid + (P,)](*args, BT=BT, BE=BE, num_warps=warps, SPLIT=split,
+                                                      **flags, PHASE=2 if P > 1 else 0)
         else:
-            num_warps = LAUNCH["states"]["num_warps"]
-            BE = 32 * num_warps
-            _token_scan_kernel[(_cdiv(E, BE), b)](
-                u, delta, A2T, Bt, Ct, *common, S, E, N, Lp, E, float(out_scale), 1, *strides,
-                BE=BE, **flags, num_warps=num_warps)
+            cfg = LAUNCH["states"]
+            warps = int(cfg["num_warps"])
+            grid = (_cdiv(E, 32 * warps), b)
+            P, CL = _chunks(grid[0] * b, S, cfg, u, 1, save)
+            cs, cd = _chunk_buffers(P, (b, P, NP, E), (b, P, E), u.device, Bt)
+            args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, N, Lp, E, float(out_scale), CL, P, 1, *strides)
+            if P > 1:
+                _token_scan_kernel[grid + (P - 1,)](*args, BE=32 * warps, **summary, num_warps=warps)
+            _token_scan_kernel[grid + (P,)](*args, BE=32 * warps, **flags, PHASE=2 if P > 1 else 0,
+                                            num_warps=warps)
     return out, saved
+
+
+def _chunk_buffers(P: int, states_shape, sums_shape, device, placeholder: Tensor):
+    """The chunks' end states and decay sums (float32; the last chunk's are never written or read), or a
+    placeholder pointer when the launch is one chunk."""
+    if P == 1:
+        return placeholder, placeholder
+    return (torch.empty(states_shape, dtype=torch.float32, device=device),
+            torch.empty(sums_shape, dtype=torch.float32, device=device))

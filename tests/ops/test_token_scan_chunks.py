@@ -1,0 +1,89 @@
+"""The token scan's forward split over chunks of steps (launches with few programs: batch 1, narrow channel groups):
+a summary pass writes each chunk's end state and decay sum, the output pass starts each chunk from the earlier
+chunks' summaries. The result must equal the one-pass scan's definition (a float64 loop) for every index form and
+option, write every output row, and be chosen only where the grid leaves the GPU idle.
+"""
+
+import pytest
+import torch
+
+from ssmprune_cli.kernels import token_scan as ts
+from ssmprune_cli.ops.token_scan import token_scan
+
+from test_token_scan import CASES, _case, _loop_of, _on_device, rel
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Chunks at tiny sizes: every launch counts as too small for the GPU, chunks of 3 steps (N > 1) or one
+    8-step tile (N = 1); every output buffer NaN-poisoned, so a row no chunk writes fails the comparison."""
+    monkeypatch.setitem(ts.LAUNCH, "states", {"num_warps": 1, "chunk_below": 1e9, "chunk_target": 1e9,
+                                              "chunk_min": 3})
+    monkeypatch.setitem(ts.LAUNCH, "one_state", {"BT": 8, "BE": 16, "num_warps": 1, "tail_warps_per_sm": 10 ** 6,
+                                                 "chunk_below": 1e9, "chunk_target": 1e9, "chunk_min": 8})
+    monkeypatch.setattr(ts, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                              device=device))
+    launches = []
+    for name in ("_token_scan_kernel", "_token_scan_one_state_kernel"):
+        kernel = getattr(ts, name)
+
+        class Counting:
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                def launch(*args, **kw):
+                    launches.append((name, tuple(grid), kw.get("PHASE", 0)))
+                    return kernel[grid](*args, **kw)
+                return launch
+
+        monkeypatch.setattr(ts, name, Counting())
+    return launches
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("N,S,P", [(16, 11, 4), (4, 13, 5), (1, 29, 4), (1, 16, 2)],
+                         ids=["N16", "N4", "N1-tail", "N1-whole"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_chunked_forward_matches_definition(N, S, P, case, chunked):
+    """P chunks: N > 1 in chunks of 3 steps (11 = 3 · 3 + 2, 13 = 3 · 4 + 1); N = 1 in chunks of one 8-step tile
+    (29 = 3 · 8 + 5, the last chunk a tail tile; 16 = 8 + 8)."""
+    kw = _case(N=N, S=S, T=S + 4, E=37, acc=case % 2 == 0, B_bias="batch", **CASES[case], seed=N * 100 + case)
+    out = token_scan(**_on_device(kw), backend="triton")
+    want = _loop_of(kw)
+    assert out.shape == want.shape and torch.isfinite(out).all()
+    assert rel(out, want) < 1e-5
+    # a summary launch over all chunks but the last, then the output launch over every chunk
+    phases = [(grid[2], phase) for _name, grid, phase in chunked]
+    assert phases == [(P - 1, 1), (P, 2)], phases
+
+
+@pytest.mark.slow
+def test_chunked_bf16_with_fills_and_no_options(chunked):
+    """bf16 activations (outputs rounded once) and the bare scan (no D, z, bias, gap), chunked."""
+    for extras in (dict(dtype=torch.bfloat16), dict(D=False, z=False, bias=False, gap=False)):
+        kw = _case(N=16, S=14, E=40, idx="perm", seed=9, **extras)
+        out = token_scan(**_on_device(kw), backend="triton")
+        want = _loop_of({k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                         for k, v in kw.items()})
+        assert out.dtype == kw["u"].dtype
+        assert rel(out.float(), want) < (1e-2 if out.dtype == torch.bfloat16 else 1e-5)
+
+
+def test_chunk_choice_follows_the_grid(monkeypatch):
+    """On a 132-SM GPU: Vim-S at batch 1 (24 programs of 197 steps) splits into 13 chunks of 16 steps; at batch 128
+    it is one pass; GroupMamba-T's first-stage group (16 channels, one program, 3,136 steps) splits into whole
+    128-step tiles; the training forward never splits."""
+    monkeypatch.setattr(ts, "_sms", lambda u: 132)
+    u = torch.zeros(1)
+    states, one = ts.LAUNCH["states"], ts.LAUNCH["one_state"]
+    assert ts._chunks(24, 197, states, u, 1, save=False) == (13, 16)
+    assert ts._chunks(24 * 128, 197, states, u, 1, save=False) == (1, 197)
+    assert ts._chunks(24, 197, states, u, 1, save=True) == (1, 197)
+    assert ts._chunks(24, 20, states, u, 1, save=False) == (1, 20)        # too few steps to split
+    P, CL = ts._chunks(1, 3136, one, u, 128, save=False)
+    assert (P, CL) == (25, 128)
+    assert ts._chunks(128, 3136, one, u, 128, save=False) == (1, 3136)     # batch 128 fills the GPU
+    for programs in (1, 3, 7, 24, 60):
+        for S in (33, 197, 785, 3136):
+            for cfg, align in ((states, 1), (one, 128)):
+                P, CL = ts._chunks(programs, S, cfg, u, align, save=False)
+                assert CL % align == 0 or P == 1
+                assert (P - 1) * CL < S <= P * CL                          # no empty chunk, every step covered
