@@ -30,6 +30,7 @@ Pointer conventions (set up by the launcher below):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Dict, Optional, Tuple
 
@@ -51,7 +52,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # BC = 64 the warps split only the outputs, so each tap's weights load straight into the layout of the x tile;
 # shapes whose warps also split channels (BC = 128 with 4 warps, BC = 64 with 2) convert that vector through
 # shared memory at every tap. Not yet timed on a GPU: `benchmarks/gather_conv.py --sweep KIND` compares others.
-LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"TILE": 2048, "BC": 64, "num_warps": 4},
+# "fwd" preloads a map's src rows (PRELOAD in _conv_tile) when its grid has at most `preload_warps_per_sm` warps
+# per SM: one wave of programs, bound by the latency of its dependent loads rather than by occupancy.
+LAUNCH: Dict[str, Dict[str, int]] = {"fwd": {"TILE": 2048, "BC": 64, "num_warps": 4, "preload_warps_per_sm": 16},
                                      "bwd_pre": {"TILE": 2048, "BC": 64, "num_warps": 4},
                                      "bwd_w": {"TILE": 2048, "BC": 64, "num_warps": 4, "ROWS": 512},
                                      "bwd_x": {"TILE": 2048, "BC": 64, "num_warps": 4}}
@@ -124,8 +127,14 @@ def _tap(cols, at_pos, idx_row, pos, col, ok_r, W, s_il, s_row, DI, DJ: tl.const
 def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
                s_xb, s_xk, s_xc, s_sb, s_sl,
                KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
-               HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    """(BT, BC) float32 sum over taps of weight * x read through src, without bias."""
+               HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PRELOAD: tl.constexpr = False):
+    """(BT, BC) float32 sum over taps of weight * x read through src, without bias.
+
+    PRELOAD (through src, at most 16 taps): the src rows of all taps are loaded at once before any x row, so a
+    program waits on one index load and then on x, instead of an index load and an x load one after the other for
+    each row of taps. Chosen for launches too small to fill the GPU, which are latency-bound (at batch 1 on an
+    H100, GroupMamba-T's pruned 3x3 convs took 1.48x the time of its dense ones); it takes more registers (80 ->
+    128 compiled here for a 3x3 hold conv), which a full grid would pay in occupancy."""
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     x_cols = x_ptr + pid_b * s_xb + offs_c[None, :] * s_xc
     x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
@@ -134,15 +143,35 @@ def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H,
     # a loop over tap rows (a static unroll of 7x7 hoisted all 49 loads and spilled): 64 registers for 3x3 dense,
     # 78 through a hold map, 96 for 7x7, 56 for Vim's 1x4, at BT 32 x BC 64 (sm_90, launch-time specialisation),
     # no spills (docs/kernels.md)
-    for i in range(KH):
-        di = (PH - i) if FLIP else (i - PH)
-        ok_r = mt & (r + di >= 0) & (r + di < H)
-        for j in tl.static_range(KW):
-            dj = (PW - j) if FLIP else (j - PW)
-            ptrs, ok = _tap(x_cols, x_pos, src_row, pos, col, ok_r, W, s_sl, s_xk, di, dj, HAS_SRC)
-            xv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
-            wv = tl.load(w_cols + (i * KW + j) * C, mask=mc, other=0.0)
-            acc += xv.to(tl.float32) * wv[None, :]
+    if PRELOAD:
+        KP: tl.constexpr = 16
+        kk = tl.arange(0, KP)
+        ki = kk // KW
+        kj = kk - ki * KW
+        tdi = (PH - ki) if FLIP else (ki - PH)
+        tdj = (PW - kj) if FLIP else (kj - PW)
+        rr = r[:, None] + tdi[None, :]
+        cc = col[:, None] + tdj[None, :]
+        okt = mt[:, None] & (kk < KH * KW)[None, :] & (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        rows = tl.load(src_row + (pos[:, None] + tdi[None, :] * W + tdj[None, :]) * s_sl, mask=okt, other=-1)
+        rows = rows.to(tl.int32)
+        for i in range(KH):
+            for j in tl.static_range(KW):
+                row = tl.max(tl.where(kk[None, :] == i * KW + j, rows, -1), axis=1)  # tap (i, j)'s column
+                ok = row >= 0
+                xv = tl.load(x_cols + row.to(tl.int64)[:, None] * s_xk, mask=ok[:, None] & mc[None, :], other=0.0)
+                wv = tl.load(w_cols + (i * KW + j) * C, mask=mc, other=0.0)
+                acc += xv.to(tl.float32) * wv[None, :]
+    else:
+        for i in range(KH):
+            di = (PH - i) if FLIP else (i - PH)
+            ok_r = mt & (r + di >= 0) & (r + di < H)
+            for j in tl.static_range(KW):
+                dj = (PW - j) if FLIP else (j - PW)
+                ptrs, ok = _tap(x_cols, x_pos, src_row, pos, col, ok_r, W, s_sl, s_xk, di, dj, HAS_SRC)
+                xv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
+                wv = tl.load(w_cols + (i * KW + j) * C, mask=mc, other=0.0)
+                acc += xv.to(tl.float32) * wv[None, :]
     return acc
 
 
@@ -158,7 +187,7 @@ def _conv_fwd_kernel(
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr, PRELOAD: tl.constexpr = False,
 ):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -169,7 +198,7 @@ def _conv_fwd_kernel(
     mc = _channel_mask(offs_c, C, BC, EVEN_C)
     pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
     acc = _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
-                     s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC)
+                     s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC, PRELOAD)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
     acc = _act(acc, ACT)
@@ -342,6 +371,25 @@ def _blocks(kind: str, C: int) -> Tuple[int, int, int]:
     return max(cfg["TILE"] // BC, 1), BC, cfg["num_warps"]
 
 
+def _preload(src: Optional[Tensor], taps: int, grid, warps: int, x: Tensor) -> bool:
+    """Whether a forward launch reads its src rows ahead (PRELOAD): through a map, at most 16 taps, and a grid of
+    at most one latency-bound wave (LAUNCH["fwd"]["preload_warps_per_sm"] warps per SM)."""
+    if src is None or taps > 16:
+        return False
+    return grid[0] * grid[1] * grid[2] * warps <= LAUNCH["fwd"].get("preload_warps_per_sm", 0) * _sms(x)
+
+
+def _sms(x: Tensor) -> int:
+    """The SMs of x's GPU (1 for a CPU tensor under the interpreter)."""
+    return _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) if x.is_cuda \
+        else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _strides2(t: Optional[Tensor]) -> Tuple[int, int]:
     return (0, 0) if t is None else (t.stride(0), t.stride(1))
 
@@ -382,11 +430,13 @@ class GatherConvFn(torch.autograd.Function):
         out = _empty((b, M, C), x.dtype, x.device)
         if b * M * C > 0:
             BT, BC, warps = _blocks("fwd", C)
-            _conv_fwd_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
+            grid = (_cdiv(M, BT), _cdiv(C, BC), b)
+            _conv_fwd_kernel[grid](
                 x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
                 M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
                 KH=KH, KW=KW, PH=ph, PW=pw, FLIP=flip, HAS_KEEP=keep is not None, HAS_SRC=src is not None,
-                HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps)
+                HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps,
+                PRELOAD=_preload(src, KH * KW, grid, warps, x))
         ctx.save_for_backward(x, wt, bv, keep, src)
         ctx.meta = (H, W, KH, KW, ph, pw, flip, act, weight.dtype, None if bias is None else bias.dtype)
         return out
