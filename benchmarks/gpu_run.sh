@@ -5,7 +5,7 @@
 #                                      [compile] [stages] [profile] [stock] [pack]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the layout maps, the token
-#           selection, the one-state scan and the A_log cache
+#           selection, the chunked scan and preloaded conv launches, the one-state scan and the A_log cache
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against; BASE=dir
@@ -18,7 +18,8 @@
 #   stages  dense and pruned models (STAGES_CASES, default Vim-S) with --stages: per-block times, profiler categories
 #   logits  the same pruned models' logits from .base/ and from this tree (benchmarks/same_logits.py)
 #   profile the kernels dense and pruned models spend their time in (benchmarks/kernel_profile.py, PROFILE_CASES,
-#           default Vim-S and GroupMamba-T), then the host side of eager batch-1 Vim-S forwards
+#           default Vim-S and GroupMamba-T, at PROFILE_BATCH, default 128), then the host side of eager batch-1
+#           Vim-S forwards
 #   stock   build the stock kernels (benchmarks/stock_build.sh .stock, about 5 minutes with 16 jobs) and time Vim
 #           on them against ssmprune's dense and pruned Vim (benchmarks/stock_vim.py); carry .stock
 #   pack    everything under OUT into OUT/all.tgz (the device tool brings back only a few files per call)
@@ -39,9 +40,11 @@ for step in "$@"; do
     case "$step" in
         tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py \
-                   tests/ops/test_layout_maps.py tests/ops/test_token_select.py 2>&1 \
+                   tests/ops/test_layout_maps.py tests/ops/test_token_select.py tests/ops/test_token_scan_chunks.py \
+                   tests/ops/test_gather_conv_preload.py 2>&1 \
                    | tee "$out/tests.txt" | tail -60 ;;
-        quick) { python3 -m pytest -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py && \
+        quick) { python3 -m pytest -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py \
+                   tests/ops/test_token_scan_chunks.py tests/ops/test_gather_conv_preload.py && \
                  python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    -k "one_state or a_log or small_state or single_state or bf16"; } 2>&1 | tee "$out/tests.txt" \
                    | grep -E "passed|failed|rror" ;;
@@ -61,6 +64,7 @@ for step in "$@"; do
                    --cases ${COMPILE_CASES:-vim_test plainmamba_test groupmamba_test vmamba_test $cases} \
                    2>&1 | tee "$out/compile.txt" | tail -12 ;;
         stages) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases ${STAGES_CASES:-vim_small} --stages \
+                   --repeats 5 --warmup 3 \
                    --json "$out/stages.json" 2>&1 | tee "$out/stages.txt" | tail -40 ;;
         scan) python3 benchmarks/scan.py --shapes vim_s --dtypes bf16 --skip-reference --json "$out/scan.json" \
                    2>&1 | tail -4 ;;
@@ -70,7 +74,7 @@ for step in "$@"; do
                    2>&1 | tee "$out/train.txt" | tail -12 ;;
         trainbase) (cd .base && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/train_speed.py --cases $cases \
                    --demo-images 0 --json "$out/train_base.json" 2>&1 | tail -4) ;;
-        profile) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py \
+        profile) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py --batch ${PROFILE_BATCH:-128} \
                    --cases ${PROFILE_CASES:-vim_small groupmamba_tiny} --top 30 2>&1 | tee "$out/kernels.txt" \
                    | grep -E "total|_kernel" | head -20
                  PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/kernel_profile.py --cases vim_small --host \
