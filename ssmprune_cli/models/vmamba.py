@@ -110,6 +110,8 @@ class SS2D(nn.Module):
     """
 
     n_directions = 4
+    # weights this module passes to F.linear itself: inference graphs hand them to autocast already cast
+    matmul_parameters = ("x_proj_weight", "dt_projs_weight")
 
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank: Optional[int] = None,
                  d_conv: int = 3, conv_bias: bool = False):

@@ -23,20 +23,22 @@ from torch import Tensor, nn
 
 @contextlib.contextmanager
 def matmul_weights_as(model: nn.Module, dtype: torch.dtype) -> Iterator[List[Tensor]]:
-    """While open, the float32 weights of the model's nn.Linear and dense (groups = 1) nn.Conv modules hold `dtype`
-    copies of their values: under autocast to `dtype` those are exactly the casts autocast would make at each call,
-    and it makes none for them. Biases, depthwise convs (the project's own kernels read their float32 taps) and every
-    other parameter stay as they are. The parameters are the same objects throughout, and get their own values back
-    on exit. Yields the copies (a CUDA graph captured meanwhile reads them: keep them alive as long as it)."""
+    """While open, the float32 weights of the model's nn.Linear and dense (groups = 1) nn.Conv modules, and the
+    parameters a module lists in its `matmul_parameters` (weights it passes to F.linear itself, as GroupMamba's and
+    VMamba's x_proj and dt_proj), hold `dtype` copies of their values: under autocast to `dtype` those are exactly
+    the casts autocast would make at each call, and it makes none for them. Biases, depthwise convs (the project's
+    own kernels read their float32 taps) and every other parameter stay as they are. The parameters are the same
+    objects throughout, and get their own values back on exit. Yields the copies (a CUDA graph captured meanwhile
+    reads them: keep them alive as long as it)."""
     swapped, seen = [], set()
     for m in model.modules():
         dense_conv = isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1
-        if not (isinstance(m, nn.Linear) or dense_conv):
-            continue
-        w = m.weight
-        if isinstance(w, nn.Parameter) and w.dtype == torch.float32 and id(w) not in seen:  # tied: once
-            seen.add(id(w))
-            swapped.append((w, w.data))
+        weights = [m.weight] if isinstance(m, nn.Linear) or dense_conv else []
+        weights += [getattr(m, name) for name in getattr(m, "matmul_parameters", ())]
+        for w in weights:
+            if isinstance(w, nn.Parameter) and w.dtype == torch.float32 and id(w) not in seen:  # tied: once
+                seen.add(id(w))
+                swapped.append((w, w.data))
     copies = []
     try:
         for w, data in swapped:

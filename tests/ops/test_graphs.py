@@ -43,6 +43,24 @@ def test_weights_are_cast_for_the_call_and_given_back(inference):
     assert list(m.state_dict()) == order
 
 
+@pytest.mark.parametrize("name", ["groupmamba_test", "vmamba_test"])
+def test_listed_matmul_parameters_are_cast_too(name):
+    """GroupMamba's and VMamba's SS2D pass x_proj and dt_proj weights to F.linear themselves (official parameter
+    layout): listed in `matmul_parameters`, they are cast with the nn.Linear weights and given back after."""
+    model = create_model(name).eval()
+    listed = [(m, n) for m in model.modules() for n in getattr(m, "matmul_parameters", ())]
+    assert len(listed) == 2 * sum(1 for m in model.modules() if hasattr(m, "matmul_parameters")) > 0
+    before = {id(getattr(m, n)): getattr(m, n).detach().clone() for m, n in listed}
+    with torch.no_grad(), matmul_weights_as(model, torch.bfloat16) as copies:
+        assert all(getattr(m, n).dtype == torch.bfloat16 for m, n in listed)
+        assert len(copies) == len(listed) + sum(1 for m in model.modules() if isinstance(m, nn.Linear)) + sum(
+            1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1)
+        assert all(m.A_logs.dtype == torch.float32 for m, _ in listed)     # the scan's parameters stay
+    for m, n in listed:
+        p = getattr(m, n)
+        assert isinstance(p, nn.Parameter) and p.dtype == torch.float32 and torch.equal(p, before[id(p)])
+
+
 @pytest.mark.parametrize("name", ["vim_test", "groupmamba_test", "plainmamba_test", "vmamba_test"])
 def test_same_logits_as_autocast_casting_each_call(name):
     """Under bf16 autocast the pre-cast weights give bit-identical logits (CPU autocast, fresh random weights)."""
