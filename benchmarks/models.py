@@ -5,16 +5,20 @@
                                                                  # PlainMamba-L3 at 41.6 % fewer FLOPs
     python benchmarks/models.py --cases vim_test plainmamba_test --device cpu --batch 8   # a CPU smoke run
     python benchmarks/models.py --json out/models.json --stages
+    python benchmarks/models.py --cases groupmamba_tiny --launch token_scan.one_state.chunk_below=1.1   # a sweep
 
 Schedules come from the built-in recipes (ssmprune_cli/recipes), as `ssmprune prune` would resolve them, with
 `--ratio` where a case names one; Δ̂ is the default 'calib' fill holding the bias values (no calibration data
 needed; the speed of the aligned scan does not depend on Δ̂'s values). On CUDA each model is replayed from a CUDA
-graph unless --no-graphs. Numbers are recorded in docs/benchmarks.md.
+graph unless --no-graphs. `--launch MODULE.ENTRY.KEY=VALUE` sets one launch parameter of a kernel module
+(`ssmprune_cli.kernels.MODULE.LAUNCH[ENTRY][KEY]`) for the whole run: sweeps compare runs of one call with and
+without it. Numbers are recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -59,6 +63,22 @@ def build_pair(variant: str, ratio, seed: int = 0):
     return dense, PrunedModel(twin, PruningSpec(points, delta_fill="calib"))
 
 
+def set_launch(settings) -> None:
+    """Apply `MODULE.ENTRY.KEY=VALUE` settings to the kernel modules' LAUNCH tables (a value's type follows the
+    entry it replaces); an unknown module, entry or key is an error, not a silent no-op."""
+    for item in settings:
+        name, _, value = item.partition("=")
+        parts = name.split(".")
+        if len(parts) != 3 or not value:
+            raise SystemExit(f"--launch {item!r}: expected MODULE.ENTRY.KEY=VALUE")
+        table = importlib.import_module(f"ssmprune_cli.kernels.{parts[0]}").LAUNCH
+        if parts[1] not in table or parts[2] not in table[parts[1]]:
+            raise SystemExit(f"--launch {item!r}: LAUNCH[{parts[1]!r}] has no key {parts[2]!r}")
+        old = table[parts[1]][parts[2]]
+        table[parts[1]][parts[2]] = type(old)(float(value)) if isinstance(old, (int, float)) else value
+        print(f"launch: {parts[0]}.{parts[1]}.{parts[2]} = {table[parts[1]][parts[2]]} (was {old})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["vim_small", "plainmamba_l3"], choices=sorted(CASES))
@@ -72,7 +92,10 @@ def main() -> None:
     ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA-graph replays")
     ap.add_argument("--stages", action="store_true", help="per-block timing and profiler categories")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
+    ap.add_argument("--launch", nargs="*", default=[], metavar="MODULE.ENTRY.KEY=VALUE",
+                    help="set kernel launch parameters for this run (sweeps)")
     args = ap.parse_args()
+    set_launch(args.launch)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = BenchSettings(device=str(device), dtype=args.dtype, batch=args.batch,
                              latency_batch=args.latency_batch, repeats=args.repeats,
