@@ -22,8 +22,8 @@ from _runner import run
 @pytest.fixture(scope="module")
 def demo_out(cifar_test_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "demo"
-    result = run("prune", "--ratio", "0.4", "--calib", cifar_test_dir, "--calib-images", "32", "--val",
-                 cifar_test_dir, "--val-limit", "40", "-o", out, "--json", "--no-progress")
+    result = run("prune", "--ratio", "0.4", "--calib", cifar_test_dir, "--calib-images", "16", "--val",
+                 cifar_test_dir, "--val-limit", "20", "-o", out, "--json", "--no-progress")
     return result, out
 
 
@@ -36,7 +36,7 @@ def test_prune_demo_json(demo_out):
     assert report["source"]["family"] == "vim"
     assert report["flops"]["convention"] == "GMACs (fvcore)"
     assert 0.4 <= report["flops"]["reduction"] < 0.45
-    assert report["accuracy"]["images"] == 40
+    assert report["accuracy"]["images"] == 20
     assert "embedded demo model" in result.stderr
     model = ssmprune_cli.load(out / "model.safetensors")
     assert isinstance(model, PrunedModel)
@@ -51,13 +51,13 @@ def test_demo_is_the_trained_model():
 def test_eval_with_baseline_and_gate(demo_out, cifar_test_dir):
     _, out = demo_out
     ok = run("eval", out / "model.safetensors", "--val", cifar_test_dir, "--baseline", demo_checkpoint(),
-             "--val-limit", "40", "--json", "--no-progress")
+             "--val-limit", "20", "--json", "--no-progress")
     assert ok.exit_code == 0, ok.stderr
     doc = json.loads(ok.stdout)
-    assert doc["images"] == 40 and 0 <= doc["agreement"] <= 100
+    assert doc["images"] == 20 and 0 <= doc["agreement"] <= 100
     assert doc["acc_drop"] == pytest.approx(doc["baseline_top1"] - doc["top1"])
     gate = run("eval", out / "model.safetensors", "--val", cifar_test_dir, "--baseline", demo_checkpoint(),
-               "--val-limit", "40", "--max-acc-drop", "-100", "--no-progress")
+               "--val-limit", "20", "--max-acc-drop", "-100", "--no-progress")
     assert gate.exit_code == 3
     assert "max-acc-drop" in gate.stderr and "Traceback" not in gate.stderr
 

@@ -12,7 +12,9 @@ import torch
 from ssmprune_cli.models import create_model
 from _runner import run
 
-
+# One worker under pytest-xdist runs the whole module: its fixture starts the selected tests' subprocesses up
+# front, from the list of this session's tests.
+pytestmark = pytest.mark.xdist_group("cli_streams")
 
 
 def one_document(stdout: str):
@@ -37,14 +39,6 @@ def test_models_table_is_on_stdout_and_grep_finds_a_row():
     assert res.exit_code == 0 and res.stderr == ""
     rows = [line for line in res.stdout.splitlines() if "vim_small " in line]
     assert len(rows) == 1 and "25.80M" in rows[0] and "224" in rows[0] and "197" in rows[0]
-
-
-def test_models_through_a_real_pipe():
-    """`ssmprune models | grep vim_small`, as a shell runs it."""
-    proc = subprocess.run(f"{sys.executable} -m ssmprune_cli models | grep 'vim_small '", shell=True,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("\n") == 1 and "25.80M" in proc.stdout
 
 
 def test_analyze_result_goes_to_stdout_notes_to_stderr(files):
@@ -127,3 +121,26 @@ def test_help_has_examples_and_no_type_labels_on_flags():
         assert "<bool>" not in res.stdout and "<str>" not in res.stdout
     prune_help = run("prune", "--help").stdout
     assert "--calib DIR" in prune_help and "--ratio R" in prune_help
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_pipe(request):
+    """`ssmprune models | grep vim_small`, started as a shell runs it before this module's first test when
+    test_models_through_a_real_pipe is selected: a fresh interpreter that builds every registered variant, so it runs
+    beside the tests above instead of holding them up, and the test (last in this file) reads its result."""
+    if not any(item.module is request.module and item.originalname == "test_models_through_a_real_pipe"
+               for item in request.session.items):
+        yield None
+        return
+    proc = subprocess.Popen(f"{sys.executable} -m ssmprune_cli models | grep 'vim_small '", shell=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc
+    if proc.poll() is None:  # the test failed before reading it
+        proc.communicate(timeout=120)
+
+
+def test_models_through_a_real_pipe(real_pipe):
+    """`ssmprune models | grep vim_small`, as a shell runs it (started by the real_pipe fixture)."""
+    stdout, stderr = real_pipe.communicate(timeout=120)
+    assert real_pipe.returncode == 0, stderr
+    assert stdout.count("\n") == 1 and "25.80M" in stdout

@@ -20,6 +20,10 @@ from ssmprune_cli.io import atomic
 from ssmprune_cli.models import create_model
 from ssmprune_cli.train import finetune as train_mod
 
+# One worker under pytest-xdist runs the whole module: its fixture starts the selected tests' subprocesses up
+# front, from the list of this session's tests.
+pytestmark = pytest.mark.xdist_group("interrupts")
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Wraps one function of the package so that its `at`-th call sends SIGINT to the process, then runs the CLI.
@@ -42,11 +46,20 @@ main()
 """
 
 
-def _run(tmp_path, module, name, at, args):
+def _start(tmp_path, module, name, at, args) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     code = WRAPPER.format(module=module, name=name, at=at, args=[str(a) for a in args])
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _run(tmp_path, module, name, at, args):
+    return _wait(_start(tmp_path, module, name, at, args))
 
 
 def _leftovers(folder: Path):
@@ -72,31 +85,73 @@ def tiny(tmp_path_factory):
     return dense, folder / "pruned" / "model.safetensors"
 
 
-def test_sigint_during_calibration(tmp_path, tiny, cifar_test_dir):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "model.safetensors").write_text("an earlier output")
-    proc = _run(tmp_path, "ssmprune_cli.jobs.prune", "model_batches", 1,
-                ["prune", tiny[0], "--keep", "0.5", "--at", "2", "--calib", cifar_test_dir, "--calib-images", "8",
-                 "--batch-size", "4", "-o", "out", "--force", "--no-progress"])
+def _finetune_args(tiny, cifar_test_dir):
+    return ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
+            "--epochs", "3", "-o", "tuned", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def started(request, tiny, cifar_test_dir, tmp_path_factory):
+    """The interrupted runs of the tests below, started together, each in an empty folder of its own: test name ->
+    (folder, process). Each is a fresh interpreter that spends most of its seconds starting up; side by side they
+    share the cores instead of taking turns. Only the runs of the tests selected start."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    runs = {}
+
+    def start(test, module, name, at, args, prepare=None):
+        if test not in selected:
+            return
+        folder = tmp_path_factory.mktemp("sigint")
+        if prepare is not None:
+            prepare(folder)
+        runs[test] = folder, _start(folder, module, name, at, args)
+
+    def earlier_output(folder):
+        (folder / "out").mkdir()
+        (folder / "out" / "model.safetensors").write_text("an earlier output")
+
+    start("test_sigint_during_calibration", "ssmprune_cli.jobs.prune", "model_batches", 1,
+          ["prune", tiny[0], "--keep", "0.5", "--at", "2", "--calib", cifar_test_dir, "--calib-images", "8",
+           "--batch-size", "4", "-o", "out", "--force", "--no-progress"], earlier_output)
+    start("test_sigint_during_bench", "ssmprune_cli.report.bench", "time_calls", 3,
+          ["bench", tiny[1], "--batch", "2", "--warmup", "1", "--repeats", "2", "--json"])
+    # 2 steps an epoch: the 4th loss is computed in epoch 2, after the state of step 2 was saved
+    start("test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes", "ssmprune_cli.train.finetune",
+          "loss_fn", 4, _finetune_args(tiny, cifar_test_dir))
+    start("test_sigint_before_the_first_epoch_says_nothing_was_written", "ssmprune_cli.train.finetune", "loss_fn",
+          1, ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
+              "-o", "tuned", "--no-progress"])
+    yield runs
+    for _, proc in runs.values():
+        if proc.poll() is None:  # a test that failed before waiting for its run
+            proc.kill()
+            proc.communicate()
+
+
+def _finished(started, request):
+    """(folder, completed process) of this test's run from `started`."""
+    folder, proc = started[request.node.originalname]
+    return folder, _wait(proc)
+
+
+def test_sigint_during_calibration(started, request):
+    tmp_path, proc = _finished(started, request)
     assert "no output was written" in _interrupted(proc)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.safetensors"]
     assert (tmp_path / "out" / "model.safetensors").read_text() == "an earlier output"
     assert _leftovers(tmp_path) == []
 
 
-def test_sigint_during_bench(tmp_path, tiny):
-    proc = _run(tmp_path, "ssmprune_cli.report.bench", "time_calls", 3,
-                ["bench", tiny[1], "--batch", "2", "--warmup", "1", "--repeats", "2", "--json"])
+def test_sigint_during_bench(started, request):
+    tmp_path, proc = _finished(started, request)
     _interrupted(proc)
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes(tmp_path, tiny, cifar_test_dir):
-    args = ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
-            "--epochs", "3", "-o", "tuned", "--no-progress"]
-    # 2 steps an epoch: the 4th loss is computed in epoch 2, after the state of step 2 was saved
-    proc = _run(tmp_path, "ssmprune_cli.train.finetune", "loss_fn", 4, args)
+def test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes(started, request, tiny, cifar_test_dir):
+    tmp_path, proc = _finished(started, request)
+    args = _finetune_args(tiny, cifar_test_dir)
     last = _interrupted(proc)
     state = tmp_path / ".tuned.train_state.pt"
     assert "tuned was not written" in last and "after step 2 of 6" in last and str(state.name) in last
@@ -108,10 +163,8 @@ def test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes(tmp_path, tin
     assert (tmp_path / "tuned" / "model.safetensors").is_file() and _leftovers(tmp_path) == []
 
 
-def test_sigint_before_the_first_epoch_says_nothing_was_written(tmp_path, tiny, cifar_test_dir):
-    proc = _run(tmp_path, "ssmprune_cli.train.finetune", "loss_fn", 1,
-                ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
-                 "-o", "tuned", "--no-progress"])
+def test_sigint_before_the_first_epoch_says_nothing_was_written(started, request):
+    tmp_path, proc = _finished(started, request)
     assert _interrupted(proc) == "error: interrupted before the first epoch ended; nothing was written"
     assert list(tmp_path.iterdir()) == []
 

@@ -98,8 +98,8 @@ def test_every_option_float32(D, z, bias, softplus, B_bias, gap, small_blocks):
 
 @pytest.mark.parametrize("D,z,bias,softplus,B_bias,gap", PAIRS)
 def test_options_bfloat16(D, z, bias, softplus, B_bias, gap):
-    # mixed dtypes as under autocast: activations bf16, A / D / biases float32
-    args = make_inputs(2, 6, 5, 19, D=D, z=z, bias=bias, softplus=softplus, B_bias=B_bias, gap=gap,
+    # mixed dtypes as under autocast: activations bf16, A / D / biases float32; a whole and a partial tile of steps
+    args = make_inputs(2, 6, 5, 11, D=D, z=z, bias=bias, softplus=softplus, B_bias=B_bias, gap=gap,
                        act_dtype=torch.bfloat16, device=DEVICE)
     if not softplus:
         args[1] = (args[1].float().abs() * 0.3).to(torch.bfloat16)
@@ -138,8 +138,9 @@ def one_channel_per_thread(monkeypatch):
 
 @pytest.mark.parametrize("D,z,bias,softplus,B_bias,gap", OPTIONS)
 def test_inference_forward_one_channel_per_thread(D, z, bias, softplus, B_bias, gap, one_channel_per_thread):
-    # 16-bit activations without a backward: one thread per channel, several blocks (e = 70), odd length
-    args = make_inputs(2, 70, 16 if D else 5, 21, D=D, z=z, bias=bias, softplus=softplus, B_bias=B_bias, gap=gap,
+    # 16-bit activations without a backward: one thread per channel, two blocks of 32 (e = 40: the second one
+    # partial), an odd length over two tiles of 8 steps (the second one partial)
+    args = make_inputs(2, 40, 16 if D else 5, 13, D=D, z=z, bias=bias, softplus=softplus, B_bias=B_bias, gap=gap,
                        act_dtype=torch.bfloat16, device=DEVICE)
     if not softplus:  # Δ used as given: keep Δ + bias a positive step size (negative ones grow past float32)
         args[1] = (args[1].float().abs() * 0.3).to(torch.bfloat16)
@@ -188,11 +189,11 @@ def test_strided_inputs():
 
 def _strided_state_inputs(act_dtype, A_dtype=torch.float32):
     """A as a column-major (e, n) view, B, C and a batch B_bias with the state axis contiguous: all read in place."""
-    args = make_inputs(2, 37, 5, 13, B_bias="batch", act_dtype=act_dtype, device=DEVICE)
+    args = make_inputs(2, 19, 5, 13, B_bias="batch", act_dtype=act_dtype, device=DEVICE)
     args[2] = args[2].t().contiguous().t().to(A_dtype)
     for i in (3, 4, 9):
         args[i] = args[i].transpose(1, 2).contiguous().transpose(1, 2)
-    assert args[2].stride() == (1, 37) and args[3].stride()[1:] == (1, 5)
+    assert args[2].stride() == (1, 19) and args[3].stride()[1:] == (1, 5)
     return args
 
 

@@ -44,8 +44,9 @@ def chunked(monkeypatch):
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_chunked_forward_matches_definition(N, S, P, case, chunked):
     """P chunks: N > 1 in chunks of 3 steps (11 = 3 · 3 + 2, 13 = 3 · 4 + 1); N = 1 in chunks of one 8-step tile
-    (29 = 3 · 8 + 5, the last chunk a tail tile; 16 = 8 + 8)."""
-    kw = _case(N=N, S=S, T=S + 4, E=37, acc=case % 2 == 0, B_bias="batch", **CASES[case], seed=N * 100 + case)
+    (29 = 3 · 8 + 5, the last chunk a tail tile; 16 = 8 + 8). 20 channels: one partial channel block (N > 1), two
+    (N = 1, the second partial); the chunks split the steps, and the interpreter's time grows with the blocks."""
+    kw = _case(N=N, S=S, T=S + 4, E=20, acc=case % 2 == 0, B_bias="batch", **CASES[case], seed=N * 100 + case)
     out = token_scan(**_on_device(kw), backend="triton")
     want = _loop_of(kw)
     assert out.shape == want.shape and torch.isfinite(out).all()

@@ -2,9 +2,8 @@
 no single token could be added at any prune point without crossing it (one token's worth per point)."""
 
 import pytest
-import torch
 
-from ssmprune_cli.models import create_model
+from ssmprune_cli.io.load import _variant_model
 from ssmprune_cli.pruning import recipe as recipes
 from ssmprune_cli.pruning.plan import PrunePoint, dense_macs, schedule_macs, solve_ratio, tokens_per_block
 
@@ -16,11 +15,19 @@ def _family(name):
     return name.split("_")[0]
 
 
+def _meta_model(name):
+    """The registered variant on the meta device (the cost model needs shapes only): the one `ssmprune models` lists,
+    built once a process (tests/models/test_registry.py builds every variant's when it is collected). Nothing here
+    changes a model, and a full-size GroupMamba takes a second or two to build."""
+    model = _variant_model(name)
+    assert next(model.parameters()).is_meta
+    return model
+
+
 @pytest.mark.parametrize("ratio", [0.3, 0.4])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_ratio_within_one_token_per_point(name, ratio):
-    with torch.device("meta"):  # the cost model needs shapes only
-        model = create_model(name)
+    model = _meta_model(name)
     variant = name if not name.endswith("_test") else None
     prune = recipes.resolve(variant, _family(name))["prune"]
     sites = recipes.resolve_sites(model, prune)
@@ -43,8 +50,7 @@ def test_ratio_within_one_token_per_point(name, ratio):
 
 
 def test_vim_small_recipe_is_the_paper_schedule():
-    with torch.device("meta"):
-        model = create_model("vim_small")
+    model = _meta_model("vim_small")
     prune = recipes.resolve("vim_small", "vim")["prune"]
     assert recipes.resolve_sites(model, prune) == ["5", "10", "15"] and prune["keep"] == [157, 125, 101]
     pts = [PrunePoint(s, k) for s, k in zip(["5", "10", "15"], prune["keep"])]
@@ -56,8 +62,7 @@ def test_vim_small_recipe_is_the_paper_schedule():
 
 
 def test_groupmamba_recipe_sites_skip_stage_one():
-    with torch.device("meta"):
-        tiny = create_model("groupmamba_tiny")
+    tiny = _meta_model("groupmamba_tiny")
     prune = recipes.resolve("groupmamba_tiny", "groupmamba")["prune"]
     assert recipes.resolve_sites(tiny, prune) == ["2.1", "3.1", "3.4"]
     # and it reaches the usual --ratio range
@@ -67,8 +72,7 @@ def test_groupmamba_recipe_sites_skip_stage_one():
 
 
 def test_plainmamba_recipe_sites():
-    with torch.device("meta"):
-        l3, l1 = create_model("plainmamba_l3"), create_model("plainmamba_l1")
+    l3, l1 = _meta_model("plainmamba_l3"), _meta_model("plainmamba_l1")
     prune = recipes.resolve("plainmamba_l3", "plainmamba")["prune"]
     assert recipes.resolve_sites(l3, prune) == ["6", "12", "18"]
     assert recipes.resolve_sites(l1, prune) == ["4", "8", "12"]
