@@ -38,14 +38,14 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 cases=${CASES:-vim_small plainmamba_l3 groupmamba_tiny}
 for step in "$@"; do
     case "$step" in
-        tests) python3 -m pytest -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
+        tests) python3 -m pytest -o addopts=-ra -q --maxfail=5 tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    tests/ops/test_gather_conv.py tests/ops/test_fused_norm.py tests/ops/test_scan_triton.py \
                    tests/ops/test_layout_maps.py tests/ops/test_token_select.py tests/ops/test_token_scan_chunks.py \
                    tests/ops/test_gather_conv_preload.py 2>&1 \
                    | tee "$out/tests.txt" | tail -60 ;;
-        quick) { python3 -m pytest -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py \
+        quick) { python3 -m pytest -o addopts=-ra -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py \
                    tests/ops/test_token_scan_chunks.py tests/ops/test_gather_conv_preload.py && \
-                 python3 -m pytest -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
+                 python3 -m pytest -o addopts=-ra -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
                    -k "one_state or a_log or small_state or single_state or bf16"; } 2>&1 | tee "$out/tests.txt" \
                    | grep -E "passed|failed|rror" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
