@@ -48,8 +48,10 @@ import triton.language as tl
 # warps, and are one tile otherwise.
 # A launch with fewer programs than `chunk_below` per SM (batch 1, a narrow channel group) splits its steps into
 # chunks of at least `chunk_min` steps, as many as give about `chunk_target` programs per SM (module docstring).
+# N > 1 chunks stay off (chunk_below 0) until a GPU run has held the row-wise chunk states fault-free and timed
+# them: the (NP, BE) version faulted on the H100 (2026-12-08), the fix is checked on sm_90 compiles only.
 LAUNCH: Dict[str, Dict[str, float]] = {
-    "states": {"num_warps": 1, "chunk_below": 1.0, "chunk_target": 4.0, "chunk_min": 16},
+    "states": {"num_warps": 1, "chunk_below": 0.0, "chunk_target": 4.0, "chunk_min": 16},
     "one_state": {"BT": 128, "BE": 16, "num_warps": 4, "tail_warps_per_sm": 16,
                   "chunk_below": 0.5, "chunk_target": 2.0, "chunk_min": 128}}
 _TILE = 8  # B/C copies are padded to a multiple of it (the copy kernel's convention)
@@ -143,14 +145,21 @@ def _token_scan_kernel(
     oi_row = oi_ptr + pid_b * s_oib
 
     h = tl.zeros((NP, BE), dtype=tl.float32)
-    cs_b = cs_ptr + pid_b * P * NP * E + offs_n[:, None] * E + offs_e[None, :]
+    # The chunks' states move one state row (BE,) at a time: an (NP, BE) load or store lets Triton re-lay the whole
+    # loop out with several threads per channel (sm_90, Triton 3.6: 4 channels x 4 states a thread, or 16 states
+    # across 16 threads), and the 16-wide B/C row loads, which assume one thread per channel, then read misaligned
+    # addresses (a fault on the H100, Vim-S at batch 1, 2026-12-08). Rows keep every thread on its own channel.
+    cs_b = cs_ptr + pid_b * P * NP * E + offs_e
     cd_b = cd_ptr + pid_b * P * E + offs_e
     if PHASE == 2:
         # the state entering this chunk: the earlier chunks' end states, each decayed by the chunks after it
         # (a chunk's decay is exp2(A·log2(e) · its Δ sum): the product of its steps' decays)
         for k in range(0, pid_c):
             dsum = tl.load(cd_b + k * E, mask=me, other=0.0)
-            hk = tl.load(cs_b + k * NP * E, mask=me[None, :], other=0.0)
+            hk = tl.zeros((NP, BE), dtype=tl.float32)
+            for n in tl.static_range(NP):
+                row = tl.load(cs_b + (k * NP + n) * E, mask=me, other=0.0)
+                hk = tl.where(offs_n[:, None] == n, row[None, :], hk)
             h = K._ex2(dsum[None, :] * A2, FAST) * h + hk
     dacc = tl.zeros((BE,), dtype=tl.float32)
     un, xn, gn, zn, an, rpn, ron = _step_inputs(t_begin, S, u_row, dl_row, z_row, a_row, ui_row, pi_row, oi_row, g_row,
@@ -200,7 +209,9 @@ def _token_scan_kernel(
             y *= out_scale
             tl.store(o_row + ro * s_or + offs_e, y.to(out_ptr.dtype.element_ty), mask=me)
     if PHASE == 1:
-        tl.store(cs_b + pid_c * NP * E, h, mask=me[None, :])
+        for n in tl.static_range(NP):
+            row = tl.sum(tl.where(offs_n[:, None] == n, h, 0.0), axis=0)
+            tl.store(cs_b + (pid_c * NP + n) * E, row, mask=me)
         tl.store(cd_b + pid_c * E, dacc, mask=me)
 
 

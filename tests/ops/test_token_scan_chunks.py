@@ -68,13 +68,30 @@ def test_chunked_bf16_with_fills_and_no_options(chunked):
         assert rel(out.float(), want) < (1e-2 if out.dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.slow
+def test_chunked_at_a_width_divisible_by_16(chunked):
+    """64 channels in bf16, N = 16: the launch specialises E as a multiple of 16, which on sm_90 let the chunk
+    states' (NP, BE) load and store re-lay the scan loop out with several threads per channel under the 16-wide B/C
+    row loads (a misaligned-address fault on the H100 at Vim-S batch 1; the states now move a row at a time). Here the
+    values; on a GPU, also the fault."""
+    kw = _case(N=16, S=10, E=64, idx="perm", seed=11, dtype=torch.bfloat16)
+    out = token_scan(**_on_device(kw), backend="triton")
+    want = _loop_of({k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                     for k, v in kw.items()})
+    assert out.shape == want.shape and torch.isfinite(out.float()).all()
+    assert rel(out.float(), want) < 1e-2
+    assert [(grid[2], phase) for _name, grid, phase in chunked] == [(3, 1), (4, 2)]
+
+
 def test_chunk_choice_follows_the_grid(monkeypatch):
-    """On a 132-SM GPU: Vim-S at batch 1 (24 programs of 197 steps) splits into 13 chunks of 16 steps; at batch 128
-    it is one pass; GroupMamba-T's first-stage group (16 channels, one program, 3,136 steps) splits into whole
-    128-step tiles; the training forward never splits."""
+    """On a 132-SM GPU: Vim-S at batch 1 (24 programs of 197 steps) splits into 13 chunks of 16 steps once N > 1
+    chunks are on (off by default until timed on a GPU); at batch 128 it is one pass; GroupMamba-T's first-stage
+    group (16 channels, one program, 3,136 steps) splits into whole 128-step tiles; the training forward never
+    splits."""
     monkeypatch.setattr(ts, "_sms", lambda u: 132)
     u = torch.zeros(1)
-    states, one = ts.LAUNCH["states"], ts.LAUNCH["one_state"]
+    assert ts._chunks(24, 197, ts.LAUNCH["states"], u, 1, save=False) == (1, 197)   # the default: off
+    states, one = dict(ts.LAUNCH["states"], chunk_below=1.0), ts.LAUNCH["one_state"]
     assert ts._chunks(24, 197, states, u, 1, save=False) == (13, 16)
     assert ts._chunks(24 * 128, 197, states, u, 1, save=False) == (1, 197)
     assert ts._chunks(24, 197, states, u, 1, save=True) == (1, 197)
