@@ -4,6 +4,11 @@ chunks' summaries. The result must equal the one-pass scan's definition (a float
 option, write every output row, and be chosen only where the grid leaves the GPU idle.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -81,6 +86,59 @@ def test_chunked_at_a_width_divisible_by_16(chunked):
     assert out.shape == want.shape and torch.isfinite(out.float()).all()
     assert rel(out.float(), want) < 1e-2
     assert [(grid[2], phase) for _name, grid, phase in chunked] == [(3, 1), (4, 2)]
+
+
+# Compiles the N = 16 forward for sm_90 (no GPU needed) in each phase, with E, the pointers and the row strides
+# specialised as multiples of 16 as a launch on Vim's widths does, and prints the layout of the state the step loop
+# carries. A fresh interpreter: under TRITON_INTERPRET the kernels are interpreted functions, not compilable.
+_LAYOUT_PROBE = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from ssmprune_cli.kernels import token_scan as ts
+fn = ts._token_scan_kernel
+found = {}
+for phase in (0, 1, 2):
+    flags = dict(BE=32, NP=16, HAS_D=phase != 1, HAS_Z=phase != 1, HAS_BIAS=True, SOFTPLUS=True, HAS_GAP=True,
+                 HAS_ACC=False, U_IDX=True, P_IDX=True, O_IDX=phase != 1, REVERSE=False, FAST=True, TERMS=4,
+                 SAVE=False, PHASE=phase)
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in flags:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name in ("ui_ptr", "pi_ptr", "oi_ptr") else (
+                "*bf16" if name in ("u_ptr", "dl_ptr", "z_ptr", "acc_ptr", "out_ptr") else "*fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "fp32" if name == "out_scale" else "i32"
+            if name in ("E", "Lp", "s_ub", "s_ur", "s_db", "s_dr", "s_zb", "s_zr", "s_ob", "s_or", "s_gb"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    ir = triton.compile(ASTSource(fn, sig, flags, attrs), target=GPUTarget("cuda", 90, 32),
+                        options={"num_warps": 1}).asm["ttgir"]
+    step_loop = [l for l in ir.splitlines() if "scf.for" in l and "t_begin" in l]
+    name = re.search(r"tensor<16x32xf32, (#\w+)>", step_loop[0]).group(1)
+    spec = re.search(re.escape(name) + r" = #ttg\.blocked<\{sizePerThread = (\[[^]]*\]), threadsPerWarp = "
+                     r"(\[[^]]*\])", ir)
+    found[phase] = [json.loads(spec.group(1)), json.loads(spec.group(2))]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slow
+def test_every_phase_keeps_one_thread_per_channel():
+    """The 16-wide B/C row loads hand each thread one channel's 16 states in order, which holds only while the step
+    loop keeps each thread on one channel (threads 1 x 32 over states x channels). The first chunked version's
+    (NP, BE) state tiles made Triton lay phases 1 and 2 out otherwise, and the H100 faulted (misaligned address)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _LAYOUT_PROBE], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    layouts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(layouts) == {"0", "1", "2"}
+    for phase, (per_thread, threads) in layouts.items():
+        assert per_thread == [1, 1] and threads == [1, 32], (phase, per_thread, threads)
 
 
 def test_chunk_choice_follows_the_grid(monkeypatch):
