@@ -25,7 +25,9 @@ the training forward, whose saved states follow one pass). The recurrence h <- a
 composes over a chunk into h <- exp2(A·log2(e)·ΣΔ) h + h_chunk, so a summary launch (PHASE 1) scans every chunk but
 the last from a zero state and stores its end state h_chunk and its decay sum ΣΔ; the output launch (PHASE 2) starts
 chunk c from the combination of chunks 0 … c-1 (c cheap steps) and scans it as usual. The latency is then about
-2·S/P + P steps instead of S, for at most twice the work of the chunked launch.
+2·S/P + P steps instead of S, for at most twice the work of the chunked launch. The chunk states move one
+(BE,) state row at a time, so every phase keeps the one-pass layout (one thread per channel) that the 16-wide B/C
+row loads need; N > 1 chunks are off by default until a GPU run has timed them (LAUNCH, docs/kernels.md).
 """
 
 from __future__ import annotations
