@@ -75,7 +75,13 @@ def set_launch(settings) -> None:
         if parts[1] not in table or parts[2] not in table[parts[1]]:
             raise SystemExit(f"--launch {item!r}: LAUNCH[{parts[1]!r}] has no key {parts[2]!r}")
         old = table[parts[1]][parts[2]]
-        table[parts[1]][parts[2]] = type(old)(float(value)) if isinstance(old, (int, float)) else value
+        try:
+            number = float(value)
+        except ValueError:
+            raise SystemExit(f"--launch {item!r}: {value!r} is not a number") from None
+        if isinstance(old, int) and not number.is_integer():
+            raise SystemExit(f"--launch {item!r}: {parts[2]} takes whole numbers")
+        table[parts[1]][parts[2]] = type(old)(number)
         print(f"launch: {parts[0]}.{parts[1]}.{parts[2]} = {table[parts[1]][parts[2]]} (was {old})")
 
 

@@ -14,3 +14,9 @@ def runner() -> CliRunner:
 
 def run(*args, env=None):
     return runner().invoke(cli.app, [str(a) for a in args], env=env)
+
+
+def selected_here(request) -> set:
+    """Names of the tests pytest collected from the requesting module (a module fixture that starts subprocesses for
+    its tests up front starts only these)."""
+    return {item.originalname for item in request.session.items if item.module is request.module}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ssmprune_cli.models import create_model
-from _runner import run
+from _runner import run, selected_here
 
 # One worker under pytest-xdist runs the whole module: its fixture starts the selected tests' subprocesses up
-# front, from the list of this session's tests.
+# front, from the tests pytest collected.
 pytestmark = pytest.mark.xdist_group("cli_streams")
 
 
@@ -128,8 +128,7 @@ def real_pipe(request):
     """`ssmprune models | grep vim_small`, started as a shell runs it before this module's first test when
     test_models_through_a_real_pipe is selected: a fresh interpreter that builds every registered variant, so it runs
     beside the tests above instead of holding them up, and the test (last in this file) reads its result."""
-    if not any(item.module is request.module and item.originalname == "test_models_through_a_real_pipe"
-               for item in request.session.items):
+    if "test_models_through_a_real_pipe" not in selected_here(request):
         yield None
         return
     proc = subprocess.Popen(f"{sys.executable} -m ssmprune_cli models | grep 'vim_small '", shell=True,

@@ -19,9 +19,10 @@ from ssmprune_cli.errors import Interrupted
 from ssmprune_cli.io import atomic
 from ssmprune_cli.models import create_model
 from ssmprune_cli.train import finetune as train_mod
+from _runner import selected_here
 
 # One worker under pytest-xdist runs the whole module: its fixture starts the selected tests' subprocesses up
-# front, from the list of this session's tests.
+# front, from the tests pytest collected.
 pytestmark = pytest.mark.xdist_group("interrupts")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,9 +86,9 @@ def tiny(tmp_path_factory):
     return dense, folder / "pruned" / "model.safetensors"
 
 
-def _finetune_args(tiny, cifar_test_dir):
+def _finetune_args(tiny, cifar_test_dir, *epochs):
     return ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
-            "--epochs", "3", "-o", "tuned", "--no-progress"]
+            *epochs, "-o", "tuned", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def started(request, tiny, cifar_test_dir, tmp_path_factory):
     """The interrupted runs of the tests below, started together, each in an empty folder of its own: test name ->
     (folder, process). Each is a fresh interpreter that spends most of its seconds starting up; side by side they
     share the cores instead of taking turns. Only the runs of the tests selected start."""
-    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    selected = selected_here(request)
     runs = {}
 
     def start(test, module, name, at, args, prepare=None):
@@ -117,10 +118,9 @@ def started(request, tiny, cifar_test_dir, tmp_path_factory):
           ["bench", tiny[1], "--batch", "2", "--warmup", "1", "--repeats", "2", "--json"])
     # 2 steps an epoch: the 4th loss is computed in epoch 2, after the state of step 2 was saved
     start("test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes", "ssmprune_cli.train.finetune",
-          "loss_fn", 4, _finetune_args(tiny, cifar_test_dir))
+          "loss_fn", 4, _finetune_args(tiny, cifar_test_dir, "--epochs", "3"))
     start("test_sigint_before_the_first_epoch_says_nothing_was_written", "ssmprune_cli.train.finetune", "loss_fn",
-          1, ["finetune", tiny[1], "--train", cifar_test_dir, "--train-images", "8", "--batch-size", "4",
-              "-o", "tuned", "--no-progress"])
+          1, _finetune_args(tiny, cifar_test_dir))
     yield runs
     for _, proc in runs.values():
         if proc.poll() is None:  # a test that failed before waiting for its run
@@ -151,7 +151,7 @@ def test_sigint_during_bench(started, request):
 @pytest.mark.slow
 def test_sigint_during_finetuning_keeps_the_last_epoch_and_resumes(started, request, tiny, cifar_test_dir):
     tmp_path, proc = _finished(started, request)
-    args = _finetune_args(tiny, cifar_test_dir)
+    args = _finetune_args(tiny, cifar_test_dir, "--epochs", "3")
     last = _interrupted(proc)
     state = tmp_path / ".tuned.train_state.pt"
     assert "tuned was not written" in last and "after step 2 of 6" in last and str(state.name) in last
