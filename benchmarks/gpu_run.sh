@@ -9,7 +9,8 @@
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against; BASE=dir
-#           names another), run after `models` in the same call, so both are timed on the same machine
+#           names another), run after `models` in the same call, so both are timed on the same machine;
+#           MODELS_ARGS / BASE_ARGS: extra arguments for each (e.g. "--repeats 10 --warmup 5")
 #   scan / norm / conv   the kernel benchmarks
 #   train   fine-tuning throughput, dense against pruned
 #   trainbase  the same with the older tree in .base/, after `train` in the same call
@@ -54,7 +55,7 @@ for step in "$@"; do
                    --json "$out/models.json" \
                    2>&1 | tee "$out/models.txt" | tail -4 ;;
         base) (cd "${BASE:-.base}" && PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases $cases \
-                   --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;
+                   ${BASE_ARGS:-} --json "$out/base.json" 2>&1 | tee "$out/base.txt" | grep -E "throughput ×") ;;
         logits) (cd .base && python3 ../benchmarks/same_logits.py run "$out/logits_base.pt" >/dev/null) && \
                 python3 benchmarks/same_logits.py run "$out/logits_new.pt" >/dev/null && \
                 python3 benchmarks/same_logits.py compare "$out/logits_base.pt" "$out/logits_new.pt" \

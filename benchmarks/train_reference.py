@@ -153,8 +153,10 @@ def sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def build(name: str, small: bool, seed: int):
+def build(name: str, small: bool, seed: int, drop_path: Optional[float] = None):
     spec = (SMALL if small else MODELS)[name]
+    if drop_path is not None:  # recorded in reference.json with the other options
+        spec = {**spec, "options": {**spec["options"], "drop_path_rate": drop_path}}
     torch.manual_seed(seed)
     return create_model(spec["variant"], mean=CIFAR_MEAN, std=CIFAR_STD, **spec["options"]), spec
 
@@ -167,7 +169,7 @@ def train_model(name: str, args, data_cache: Dict[int, Any], device, started: fl
     if manifest.get("done"):
         log.info("%s: done already (%s)", name, manifest["checkpoint"]["sha256"][:12])
         return manifest
-    model, spec = build(name, args.small, args.seed)
+    model, spec = build(name, args.small, args.seed, args.drop_path)
     model.to(device)
     size = spec["img"]
     if size not in data_cache:
@@ -257,6 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     ap.add_argument("--warmup-epochs", type=int, default=DEFAULTS["warmup_epochs"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate for every model (default: "
+                    "each model's own, 0.1 for vim and groupmamba, none for the others)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop at the first epoch boundary after this")
     ap.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     ap.add_argument("--small", action="store_true", help="tiny variants and few images: a CPU smoke test")

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ssmprune_cli.errors import BadInputError
 
-from .param_cache import derived
+from ssmprune_cli.param_cache import derived
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from . import selective_scan_kernels as K
-from .param_cache import derived
+from ssmprune_cli.param_cache import derived
 from .selective_scan_fn import _bc_copies, _cdiv, _padded_states, _scaled_transpose, _sm_count, _vec
 
 import triton

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ssmprune_cli.errors import BadInputError, CheckpointError
 from ssmprune_cli.ops.fused_norm import add_norm
+from ssmprune_cli.ops.grouped_linear import grouped_linear
 
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
@@ -138,19 +139,21 @@ class SS2D(nn.Module):
 
     def forward(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
         """x (b, K, d) tokens in raster order (K = H·W when dense) → (b, K, d), raster order."""
+        return self.out_proj(self.mix(self.in_proj(x), hw, layout))
+
+    def mix(self, xz: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout] = None) -> Tensor:
+        """Between the projections: in_proj's output xz (b, K, 2E) → the gated, normed scan output (b, K, E)."""
         E = self.Ds.shape[0]
-        xz = self.in_proj(x)
         xs, z = xz[..., :E], xz[..., E:]
         u = core.depthwise_conv(xs, self.conv2d, hw, layout, act="silu")    # (b, K, E)
         dt_low, B, C = F.linear(u, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt_low, self.dt_projs_weight[0])
-        order, reverse, key = self.scan_spec(hw, x.device)
+        order, reverse, key = self.scan_spec(hw, xz.device)
         plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
         y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
         n = self.out_norm  # out_norm(y) · silu(z), the silu too in one kernel on the GPU
-        y, _ = add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=z,
-                        gate_act="silu")
-        return self.out_proj(y)
+        return add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=z,
+                        gate_act="silu")[0]
 
 
 class GroupMambaLayer(nn.Module):
@@ -175,10 +178,18 @@ class GroupMambaLayer(nn.Module):
         x, _ = add_norm(x, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)
         # CAM: mean over the tokens present (kept tokens only when pruned, docs/models/groupmamba.md)
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=1)))))
-        core.prepare_orders(layout, [m.scan_spec(hw, x.device) for m in self.groups()])
-        ys = [m(xg, hw, layout) for m, xg in zip(self.groups(), x.chunk(4, dim=-1))]
-        # skip_scale · x · CAM as one (b, K, C) factor: two full-size products instead of three
-        y = torch.cat(ys, dim=-1) * (x * (self.skip_scale * gate)[:, None].to(dtype))
+        groups = self.groups()
+        core.prepare_orders(layout, [m.scan_spec(hw, x.device) for m in groups])
+        # the four groups' in_proj and out_proj as one batched matmul each (ops/grouped_linear.py): (G, b·K, ·)
+        b, K, C = x.shape
+        G = len(groups)
+        xz = grouped_linear(x.reshape(b * K, G, C // G).transpose(0, 1), [m.in_proj.weight for m in groups])
+        ys = torch.stack([m.mix(xz[g].view(b, K, -1), hw, layout) for g, m in enumerate(groups)])  # (G, b, K, E)
+        y = grouped_linear(ys.view(G, b * K, -1), [m.out_proj.weight for m in groups])    # (G, b·K, C/G)
+        # skip_scale · x · CAM as one (b, K, C) factor; the product takes the factor's token-major layout, so the
+        # groups' outputs land back in channel order without a copy (x is token-major already on the GPU)
+        factor = (x * (self.skip_scale * gate)[:, None].to(dtype)).contiguous().view(b * K, G, C // G)
+        y = (factor * y.transpose(0, 1)).view(b, K, C)
         return self.proj(add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)[0])
 
 

@@ -9,7 +9,9 @@ Autocast runs inside the captured function with its weight-cast cache off: a cac
 would be freed when the autocast context closes, and the graph would read freed memory. So that the graph does not
 replay a cast of every matmul weight at every call instead (hundreds of small kernels: a quarter of a batch-1
 GroupMamba-T forward's launches), the weights autocast would cast are handed to the capture already cast, as copies
-the graph keeps (`matmul_weights_as`): the same values autocast makes, so the same results.
+the graph keeps (`matmul_weights_as`): the same values autocast makes, so the same results. The kernel-ready parameter copies the capture was served
+(ssmprune_cli/param_cache.py) are kept with the graph, so that a later call that replaces them in the cache cannot free
+memory the graph reads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from ssmprune_cli import param_cache
 
 
 @contextlib.contextmanager
@@ -75,7 +79,7 @@ class GraphedForward:
                     self._forward(self.static_in)
             torch.cuda.current_stream(example.device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with param_cache.recording() as self._derived, torch.cuda.graph(self.graph):  # kept: the graph reads them
                 self.static_out = self._forward(self.static_in)
 
     def _forward(self, x: Tensor):

@@ -160,7 +160,7 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
     return FlopCount(
         macs=per(total),
         analytic_macs=analytic_macs(model),
-        by_operator={k: per(v) for k, v in sorted(analysis.by_operator().items())},
+        by_operator=_by_operator(analysis.by_operator(), per),
         by_module={name: per(by_module.get(prefix + name, 0)) for name, _ in core.named_children()},
         blocks=_blocks(core, points, prefix, by_module, per),
         unsupported=dict(sorted(analysis.unsupported_ops().items())),
@@ -168,6 +168,15 @@ def count_flops(model: nn.Module, batch: int = 1, inputs: Optional[Tensor] = Non
         batch=batch,
         dropped={k: NOT_COUNTED[k] for k in sorted(seen)},
     )
+
+
+def _by_operator(counts: Dict[str, float], per: Callable[[float], int]) -> Dict[str, int]:
+    """Per operator; a batched matmul is a set of linear layers run as one (GroupMamba's four groups' projections,
+    ops/grouped_linear.py), so it is reported as "linear"."""
+    merged: Counter = Counter()
+    for k, v in counts.items():
+        merged["linear" if k == "bmm" else k] += v
+    return {k: per(v) for k, v in sorted(merged.items())}
 
 
 def _fvcore_analysis():

@@ -406,7 +406,8 @@ def fvcore_macs(model, x, hook=None):
     fca.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
     with traced_scan_shapes_only():
         ops = fca.by_operator()
-    return ops["linear"] + ops["conv"] + ops["gather_conv"]
+    # the four groups' in_proj and out_proj run as one batched matmul each (ops/grouped_linear.py)
+    return ops["linear"] + ops["bmm"] + ops["conv"] + ops["gather_conv"]
 
 
 def scan_macs(model, tokens_per_block):

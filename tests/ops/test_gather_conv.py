@@ -279,7 +279,7 @@ def test_parameter_copies_follow_updates_and_training():
     """Without a gradient the taps/bias copies are made once per parameter version: a second call launches no copy,
     an in-place update (optimizer step, load_state_dict) is seen at once; a conv being trained copies at every call
     (a CUDA graph of the training step must replay that copy after each update)."""
-    from ssmprune_cli.kernels import param_cache
+    from ssmprune_cli import param_cache
 
     torch.manual_seed(5)
     conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6).to(DEVICE)

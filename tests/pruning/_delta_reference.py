@@ -1,7 +1,8 @@
 """An independent Δ̂: the mean Δ each mixer's scan actually receives, taken at the scan call itself.
 
 `measure_delta_hat` listens to the mixers' `delta_probe`; this reference does not. It wraps the scan that every
-mixer calls through the mixer core (`models/layers/mamba_core.token_scan`), computes softplus(delta + delta_bias)
+mixer calls through the mixer core (`models/layers/mamba_core.token_scan`, told which mixer calls by the core's
+`scan(mixer, ...)`), computes softplus(delta + delta_bias)
 from the scan's own arguments, and averages it over images and tokens per mixer, direction and channel, in
 float64. A dense scan reads every token's Δ once (delta is (b, tokens, E), token-major), in whatever order.
 """
@@ -26,13 +27,15 @@ def reference_delta_hat(model, batches: Iterable[torch.Tensor], monkeypatch) -> 
         calls[current["mixer"]].append(F.softplus(delta.double() + delta_bias.double()))   # (b, tokens, E)
         return scan(u, delta, A, B, C, D, z, delta_bias, *rest, **kw)
 
-    def enter(i):
-        def pre_hook(module, args):
-            current["mixer"] = i
-        return pre_hook
+    index = {id(m): i for i, m in enumerate(mixers)}
+    core_scan = ssm.scan
+
+    def tagging_scan(mixer, *args, **kw):  # which mixer the next token_scan call belongs to
+        current["mixer"] = index[id(mixer)]
+        return core_scan(mixer, *args, **kw)
 
     monkeypatch.setattr(ssm, "token_scan", recording_scan)
-    handles = [m.register_forward_pre_hook(enter(i)) for i, m in enumerate(mixers)]
+    monkeypatch.setattr(ssm, "scan", tagging_scan)
     sums = [torch.zeros(m.n_directions, m.default_delta_hat().shape[-1], dtype=torch.float64) for m in mixers]
     counts = [0] * len(mixers)
     try:
@@ -47,7 +50,6 @@ def reference_delta_hat(model, batches: Iterable[torch.Tensor], monkeypatch) -> 
                     sums[i][d] += delta.sum(dim=(0, 1))
                 counts[i] += per_direction[0].shape[0] * per_direction[0].shape[1]
     finally:
-        for h in handles:
-            h.remove()
         monkeypatch.setattr(ssm, "token_scan", scan)
+        monkeypatch.setattr(ssm, "scan", core_scan)
     return [s / c for s, c in zip(sums, counts)]
