@@ -25,6 +25,11 @@ Pointer conventions (set up by the launcher below):
     wt (KH*KW, C): float32 copy of the taps, contiguous; bias (C,): float32, contiguous
     keep (b, M), src (b, L): int32 or int64, any strides, read in place (loaded values cast to int32)
     outrank (b, L) int32: the output index at each position, -1 where none (the backward's inverse of keep)
+
+Channel groups (GroupMamba's four SS2D groups in one launch): x (G, NB, K, C) with weights (G, C, KH, KW) and
+bias (G, C), the maps (NB, ·) shared by the groups. The kernels see G·NB images: image pid_b is group
+pid_b // NB, map row pid_b % NB, and its taps and bias sit at group offsets in wt (G, KH*KW, C) and bias (G, C).
+Without groups G = 1 and NB = b.
 """
 
 from __future__ import annotations
@@ -97,6 +102,19 @@ def _channel_mask(offs_c, C, BC: tl.constexpr, EVEN_C: tl.constexpr):
 
 
 @triton.jit
+def _group_and_image(pid_b, NB, GROUPED: tl.constexpr):
+    """(channel group, map row) of kernel image pid_b: (pid_b // NB, pid_b % NB), or (0, pid_b) without groups
+    (constants the compiler folds: the ungrouped kernels compile as before groups existed). The division runs in
+    32 bits (a 64-bit one cost 48 registers in a 3x3 hold conv, sm_90)."""
+    if GROUPED:
+        pid = pid_b.to(tl.int32)
+        grp = pid // NB
+        return grp, pid - grp * NB
+    else:
+        return 0, pid_b
+
+
+@triton.jit
 def _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP: tl.constexpr):
     """Raster position, grid row and column of each output (its entry in keep, or the output index itself)."""
     if HAS_KEEP:
@@ -124,11 +142,12 @@ def _tap(cols, at_pos, idx_row, pos, col, ok_r, W, s_il, s_row, DI, DJ: tl.const
 
 
 @triton.jit
-def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
+def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, img, pos, r, col, mt, offs_c, mc, C, H, W,
                s_xb, s_xk, s_xc, s_sb, s_sl,
                KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
                HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PRELOAD: tl.constexpr = False):
-    """(BT, BC) float32 sum over taps of weight * x read through src, without bias.
+    """(BT, BC) float32 sum over taps of weight * x read through src, without bias: x of image pid_b, its map
+    row img (pid_b without groups), wt_ptr at its group's taps.
 
     PRELOAD (through src, at most 16 taps): the src rows of all taps are loaded at once before any x row, so a
     program waits on one index load and then on x, instead of an index load and an x load one after the other for
@@ -139,7 +158,7 @@ def _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H,
     x_cols = x_ptr + pid_b * s_xb + offs_c[None, :] * s_xc
     x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
     w_cols = wt_ptr + offs_c
-    src_row = src_ptr + pid_b * s_sb
+    src_row = src_ptr + img * s_sb
     # a loop over tap rows (a static unroll of 7x7 hoisted all 49 loads and spilled): 64 registers for 3x3 dense,
     # 78 through a hold map, 96 for 7x7, 56 for Vim's 1x4, at BT 32 x BC 64 (sm_90, launch-time specialisation),
     # no spills (docs/kernels.md)
@@ -181,26 +200,28 @@ def _conv_fwd_kernel(
     # pointers
     x_ptr, wt_ptr, bias_ptr, keep_ptr, src_ptr, out_ptr,
     # dimensions
-    M, C, H, W,
+    M, C, H, W, NB,
     # strides
     s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr, PRELOAD: tl.constexpr = False,
+    GROUPED: tl.constexpr = False,
 ):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
+    grp, img = _group_and_image(pid_b, NB, GROUPED)   # channel group and the image's row of keep / src
     offs_t = pid_t * BT + tl.arange(0, BT)
     offs_c = pid_c * BC + tl.arange(0, BC)
     mt = offs_t < M
     mc = _channel_mask(offs_c, C, BC, EVEN_C)
-    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
-    acc = _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
-                     s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC, PRELOAD)
+    pos, r, col = _positions(keep_ptr, img, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+    acc = _conv_tile(x_ptr, wt_ptr + grp * (KH * KW * C), src_ptr, pid_b, img, pos, r, col, mt, offs_c, mc, C, H,
+                     W, s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC, PRELOAD)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+        acc += tl.load(bias_ptr + grp * C + offs_c, mask=mc, other=0.0)[None, :]
     acc = _act(acc, ACT)
     dst = out_ptr + pid_b * M * C + offs_t[:, None] * C + offs_c[None, :]
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=mt[:, None] & mc[None, :])
@@ -212,29 +233,30 @@ def _bwd_pre_kernel(
     # pointers
     x_ptr, wt_ptr, bias_ptr, keep_ptr, src_ptr, dout_ptr, dpre_ptr,
     # dimensions
-    M, C, H, W,
+    M, C, H, W, NB,
     # strides
     s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl, s_gb, s_gm, s_gc,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+    ACT: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr, GROUPED: tl.constexpr = False,
 ):
     """With an activation: dpre = dout * act'(a), the pre-activation a recomputed as in the forward; float32
     (b, M, C)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
+    grp, img = _group_and_image(pid_b, NB, GROUPED)
     offs_t = pid_t * BT + tl.arange(0, BT)
     offs_c = pid_c * BC + tl.arange(0, BC)
     mt = offs_t < M
     mc = _channel_mask(offs_c, C, BC, EVEN_C)
     m2 = mt[:, None] & mc[None, :]
-    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
-    a = _conv_tile(x_ptr, wt_ptr, src_ptr, pid_b, pos, r, col, mt, offs_c, mc, C, H, W,
+    pos, r, col = _positions(keep_ptr, img, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+    a = _conv_tile(x_ptr, wt_ptr + grp * (KH * KW * C), src_ptr, pid_b, img, pos, r, col, mt, offs_c, mc, C, H, W,
                    s_xb, s_xk, s_xc, s_sb, s_sl, KH, KW, PH, PW, FLIP, HAS_SRC, BT, BC)
     if HAS_BIAS:
-        a += tl.load(bias_ptr + offs_c, mask=mc, other=0.0)[None, :]
+        a += tl.load(bias_ptr + grp * C + offs_c, mask=mc, other=0.0)[None, :]
     g = tl.load(dout_ptr + pid_b * s_gb + offs_t[:, None] * s_gm + offs_c[None, :] * s_gc, mask=m2,
                 other=0.0).to(tl.float32)
     g = g * _act_grad(a, ACT)
@@ -246,20 +268,21 @@ def _bwd_w_kernel(
     # pointers
     x_ptr, keep_ptr, src_ptr, g_ptr, dwt_ptr, db_ptr,
     # dimensions
-    M, C, H, W,
+    M, C, H, W, NB,
     # strides
     s_xb, s_xk, s_xc, s_kb, s_km, s_sb, s_sl, s_gb, s_gm, s_gc,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, ROWS: tl.constexpr, EVEN_C: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, ROWS: tl.constexpr, EVEN_C: tl.constexpr, GROUPED: tl.constexpr = False,
 ):
     """dweight[tap] = sum over outputs of g * (x read by the tap), dbias = sum of g, over the program's ROWS outputs
     of one image (a loop of BT-output tiles per tap, the tiles' products summed elementwise and reduced once), then
-    one float32 atomic add per channel and tap into (KH*KW, C) / (C,) buffers."""
+    one float32 atomic add per channel and tap into (G, KH*KW, C) / (G, C) buffers (at the image's group)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
+    grp, img = _group_and_image(pid_b, NB, GROUPED)
     m0 = pid_r * ROWS
     m1 = tl.minimum(m0 + ROWS, M)
     offs_c = pid_c * BC + tl.arange(0, BC)
@@ -271,10 +294,10 @@ def _bwd_w_kernel(
             offs_t = t0 + tl.arange(0, BT)
             m2 = (offs_t < m1)[:, None] & mc[None, :]
             acc += tl.load(g_cols + offs_t[:, None] * s_gm, mask=m2, other=0.0).to(tl.float32)
-        tl.atomic_add(db_ptr + offs_c, tl.sum(acc, axis=0), mask=mc, sem="relaxed")
+        tl.atomic_add(db_ptr + grp * C + offs_c, tl.sum(acc, axis=0), mask=mc, sem="relaxed")
     if NEED_DW:
         x_cols = x_ptr + pid_b * s_xb + offs_c[None, :] * s_xc
-        src_row = src_ptr + pid_b * s_sb
+        src_row = src_ptr + img * s_sb
         for i in range(KH):  # a loop, not unrolled: bounds the loads in flight (registers)
             di = (PH - i) if FLIP else (i - PH)
             for j in tl.static_range(KW):
@@ -283,14 +306,15 @@ def _bwd_w_kernel(
                 for t0 in range(m0, m1, BT):
                     offs_t = t0 + tl.arange(0, BT)
                     mt = offs_t < m1
-                    pos, r, col = _positions(keep_ptr, pid_b, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
+                    pos, r, col = _positions(keep_ptr, img, offs_t, mt, W, s_kb, s_km, HAS_KEEP)
                     x_pos = x_cols if HAS_SRC else x_cols + pos.to(tl.int64)[:, None] * s_xk
                     ok_r = mt & (r + di >= 0) & (r + di < H)
                     ptrs, ok = _tap(x_cols, x_pos, src_row, pos, col, ok_r, W, s_sl, s_xk, di, dj, HAS_SRC)
                     xv = tl.load(ptrs, mask=ok[:, None] & mc[None, :], other=0.0)
                     gv = tl.load(g_cols + offs_t[:, None] * s_gm, mask=mt[:, None] & mc[None, :], other=0.0)
                     acc += gv.to(tl.float32) * xv.to(tl.float32)
-                tl.atomic_add(dwt_ptr + (i * KW + j) * C + offs_c, tl.sum(acc, axis=0), mask=mc, sem="relaxed")
+                tl.atomic_add(dwt_ptr + (grp * (KH * KW) + i * KW + j) * C + offs_c, tl.sum(acc, axis=0), mask=mc,
+                              sem="relaxed")
 
 
 @triton.jit
@@ -298,23 +322,25 @@ def _bwd_x_kernel(
     # pointers
     g_ptr, wt_ptr, outrank_ptr, src_ptr, dx_ptr,
     # dimensions
-    L, M, K, C, H, W,
+    L, M, K, C, H, W, NB,
     # strides
     s_gb, s_gm, s_gc, s_sb, s_sl,
     # meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, FLIP: tl.constexpr,
     HAS_KEEP: tl.constexpr, HAS_SRC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, EVEN_C: tl.constexpr,
+    GROUPED: tl.constexpr = False,
 ):
     """dx: for each grid position p, sum over taps of weight * dpre at the output whose tap read p."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
+    grp, img = _group_and_image(pid_b, NB, GROUPED)
     offs_p = pid_t * BT + tl.arange(0, BT)
     offs_c = pid_c * BC + tl.arange(0, BC)
     mp = offs_p < L
     mc = _channel_mask(offs_c, C, BC, EVEN_C)
     if HAS_SRC:  # positions that read no row give nothing
-        dst_row = tl.load(src_ptr + pid_b * s_sb + offs_p * s_sl, mask=mp, other=-1).to(tl.int32)
+        dst_row = tl.load(src_ptr + img * s_sb + offs_p * s_sl, mask=mp, other=-1).to(tl.int32)
         mp = mp & (dst_row >= 0)
     else:
         dst_row = offs_p
@@ -323,8 +349,8 @@ def _bwd_x_kernel(
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     g_cols = g_ptr + pid_b * s_gb + offs_c[None, :] * s_gc
     g_pos = g_cols if HAS_KEEP else g_cols + offs_p.to(tl.int64)[:, None] * s_gm
-    w_cols = wt_ptr + offs_c
-    rank_row = outrank_ptr + pid_b * L
+    w_cols = wt_ptr + grp * (KH * KW * C) + offs_c
+    rank_row = outrank_ptr + img * L
     for i in range(KH):  # a loop, not unrolled: bounds the loads in flight (registers)
         # the output at q reads p through tap (i, j) when q + offset = p: the offsets are mirrored
         di = (i - PH) if FLIP else (PH - i)
@@ -395,11 +421,12 @@ def _strides2(t: Optional[Tensor]) -> Tuple[int, int]:
 
 
 def _taps_major(weight: Tensor) -> Tensor:
-    """(KH*KW, C) float32 copy of the (C, KH, KW) taps: each tap's weights are then one contiguous channel
-    vector, loaded like a row of x (one launch; the (C, 1, KH, KW) layout of nn.Conv weights would need a scalar
-    load per channel and tap)."""
-    C = int(weight.shape[0])
-    return weight.detach().reshape(C, -1).t().float().contiguous()
+    """(KH*KW, C) float32 copy of the (C, KH, KW) taps, (G, KH*KW, C) of grouped (G, C, KH, KW) ones: each tap's
+    weights are then one contiguous channel vector, loaded like a row of x (one launch; the (C, 1, KH, KW) layout
+    of nn.Conv weights would need a scalar load per channel and tap)."""
+    C, KT = int(weight.shape[-3]), int(weight.shape[-2] * weight.shape[-1])
+    taps = weight.detach().reshape(-1, C, KT).transpose(1, 2).float().contiguous()
+    return taps if weight.dim() == 4 else taps[0]
 
 
 def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -419,12 +446,16 @@ class GatherConvFn(torch.autograd.Function):
     """Forward and backward of the gather conv through the Triton kernels; `apply(x, weight, bias, keep, src, H,
     W, ph, pw, flip, act, trained)`, absent tensors as None; `act`: the ACTS code of the activation; `trained`: the
     weight or bias gets a gradient (its kernel copies are then made at every call, see `_conv_params`). Gradients
-    for x, weight and bias, in their dtypes."""
+    for x, weight and bias, in their dtypes and shapes. Grouped: x (G, b, K, C), weight (G, C, KH, KW), bias
+    (G, C), output (G, b, M, C)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, keep, src, H, W, ph, pw, flip, act, trained=True):
-        b, K, C = (int(s) for s in x.shape)  # ints even under jit tracing, where shapes are traced tensors
-        KH, KW = int(weight.shape[1]), int(weight.shape[2])
+        shape = tuple(int(s) for s in x.shape)  # ints even under jit tracing, where shapes are traced tensors
+        G, NB, K, C = shape if len(shape) == 4 else (1, *shape)
+        b = G * NB                                # the kernels' images: every group of every image
+        x3 = x.reshape(b, K, C)                   # a view for GroupMamba's (G, b, K, ·) slices of one projection
+        KH, KW = int(weight.shape[-2]), int(weight.shape[-1])
         M = int(keep.shape[1]) if keep is not None else H * W
         wt, bv = _conv_params(weight, bias, trained)
         out = _empty((b, M, C), x.dtype, x.device)
@@ -432,27 +463,29 @@ class GatherConvFn(torch.autograd.Function):
             BT, BC, warps = _blocks("fwd", C)
             grid = (_cdiv(M, BT), _cdiv(C, BC), b)
             _conv_fwd_kernel[grid](
-                x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
-                M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
+                x3, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, out,
+                M, C, H, W, NB, *x3.stride(), *_strides2(keep), *_strides2(src),
                 KH=KH, KW=KW, PH=ph, PW=pw, FLIP=flip, HAS_KEEP=keep is not None, HAS_SRC=src is not None,
                 HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps,
-                PRELOAD=_preload(src, KH * KW, grid, warps, x))
-        ctx.save_for_backward(x, wt, bv, keep, src)
-        ctx.meta = (H, W, KH, KW, ph, pw, flip, act, weight.dtype, None if bias is None else bias.dtype)
-        return out
+                PRELOAD=_preload(src, KH * KW, grid, warps, x), GROUPED=G > 1)
+        ctx.save_for_backward(x3, wt, bv, keep, src)
+        ctx.meta = (H, W, KH, KW, ph, pw, flip, act, weight.dtype, None if bias is None else bias.dtype, shape, NB)
+        return out.view(G, NB, M, C) if len(shape) == 4 else out
 
     @staticmethod
     def backward(ctx, dout):
         x, wt, bv, keep, src = ctx.saved_tensors
-        H, W, KH, KW, ph, pw, flip, act, w_dtype, b_dtype = ctx.meta
+        H, W, KH, KW, ph, pw, flip, act, w_dtype, b_dtype, shape, NB = ctx.meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bv is not None
         b, K, C = (int(s) for s in x.shape)
+        G = b // NB
         KT = KH * KW
-        M = int(dout.shape[1])
+        M = int(dout.shape[-2])
+        dout = dout.reshape(b, M, C)
         dev = x.device
         flags = {"KH": KH, "KW": KW, "PH": ph, "PW": pw, "FLIP": flip, "HAS_KEEP": keep is not None,
-                 "HAS_SRC": src is not None}
+                 "HAS_SRC": src is not None, "GROUPED": G > 1}
         dx = dw = db = None
         g = dout
         if act and b * M * C > 0:  # every gradient goes through dpre
@@ -460,28 +493,32 @@ class GatherConvFn(torch.autograd.Function):
             BT, BC, warps = _blocks("bwd_pre", C)
             _bwd_pre_kernel[(_cdiv(M, BT), _cdiv(C, BC), b)](
                 x, wt, wt if bv is None else bv, x if keep is None else keep, x if src is None else src, dout, g,
-                M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src), *dout.stride(),
+                M, C, H, W, NB, *x.stride(), *_strides2(keep), *_strides2(src), *dout.stride(),
                 HAS_BIAS=bv is not None, ACT=act, BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
         if need_w or need_b:
-            dwt = torch.zeros((KT, C), dtype=torch.float32, device=dev) if need_w else None
-            db32 = torch.zeros((C,), dtype=torch.float32, device=dev) if need_b else None
+            dwt = torch.zeros((G, KT, C), dtype=torch.float32, device=dev) if need_w else None
+            db32 = torch.zeros((G, C), dtype=torch.float32, device=dev) if need_b else None
             if b * M * C > 0:
                 BT, BC, warps = _blocks("bwd_w", C)
                 rows = LAUNCH["bwd_w"]["ROWS"]
                 _bwd_w_kernel[(_cdiv(M, rows), _cdiv(C, BC), b)](
                     x, x if keep is None else keep, x if src is None else src, g, wt if dwt is None else dwt,
-                    wt if db32 is None else db32, M, C, H, W, *x.stride(), *_strides2(keep), *_strides2(src),
+                    wt if db32 is None else db32, M, C, H, W, NB, *x.stride(), *_strides2(keep), *_strides2(src),
                     *g.stride(), NEED_DW=need_w, NEED_DB=need_b, BT=BT, BC=BC, ROWS=rows, EVEN_C=C % BC == 0,
                     num_warps=warps, **flags)
-            dw = None if dwt is None else dwt.t().reshape(C, KH, KW).to(w_dtype)
-            db = None if db32 is None else db32.to(b_dtype)
+            grouped = len(shape) == 4
+            if dwt is not None:
+                dw = dwt.transpose(1, 2).reshape(G, C, KH, KW)
+                dw = (dw if grouped else dw[0]).to(w_dtype)
+            db = None if db32 is None else (db32 if grouped else db32[0]).to(b_dtype)
         if need_x:
-            dx = _dx(g, wt, keep, src, b, K, C, H, W, M, x.dtype, flags)
+            dx = _dx(g, wt, keep, src, b, NB, K, C, H, W, M, x.dtype, flags).view(shape)
         return dx, dw, db, None, None, None, None, None, None, None, None, None
 
 
-def _dx(g, wt, keep, src, b, K, C, H, W, M, dtype, flags) -> Tensor:
-    """dx through _bwd_x_kernel; g: the gradient at the outputs (b, M, C), any strides."""
+def _dx(g, wt, keep, src, b, NB, K, C, H, W, M, dtype, flags) -> Tensor:
+    """dx through _bwd_x_kernel; g: the gradient at the outputs (b, M, C), any strides; b = G·NB images, the maps
+    (NB, ·)."""
     dev = g.device
     L = H * W
     if src is None:
@@ -490,13 +527,13 @@ def _dx(g, wt, keep, src, b, K, C, H, W, M, dtype, flags) -> Tensor:
         dx = torch.zeros((b, K, C), dtype=torch.float32, device=dev)  # atomics; rows nobody reads stay zero
     outrank = wt
     if keep is not None:
-        outrank = torch.full((b, L), -1, dtype=torch.int32, device=dev)
-        if b * M > 0:
-            _outrank_kernel[(_cdiv(M, 256), b)](keep, outrank, M, L, *keep.stride(), BT=256, num_warps=4)
+        outrank = torch.full((NB, L), -1, dtype=torch.int32, device=dev)
+        if NB * M > 0:
+            _outrank_kernel[(_cdiv(M, 256), NB)](keep, outrank, M, L, *keep.stride(), BT=256, num_warps=4)
     if b * L * C > 0:
         BT, BC, warps = _blocks("bwd_x", C)
         _bwd_x_kernel[(_cdiv(L, BT), _cdiv(C, BC), b)](
-            g, wt, outrank, g if src is None else src, dx, L, M, K, C, H, W,
+            g, wt, outrank, g if src is None else src, dx, L, M, K, C, H, W, NB,
             *g.stride(), *_strides2(src), BT=BT, BC=BC, EVEN_C=C % BC == 0, num_warps=warps, **flags)
     return dx if dx.dtype == dtype else dx.to(dtype)
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ssmprune_cli.errors import BadInputError, CheckpointError
 from ssmprune_cli.ops.fused_norm import add_norm
-from ssmprune_cli.ops.grouped_linear import grouped_linear
+from ssmprune_cli.ops.grouped_linear import grouped_linear, stacked
 
 from ._base import PrunableModel
 from ._registry import Family, register_family, register_model
@@ -148,7 +148,12 @@ class SS2D(nn.Module):
         u = core.depthwise_conv(xs, self.conv2d, hw, layout, act="silu")    # (b, K, E)
         dt_low, B, C = F.linear(u, self.x_proj_weight[0]).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt_low, self.dt_projs_weight[0])
-        order, reverse, key = self.scan_spec(hw, xz.device)
+        return self.scan_and_norm(u, dt, B, C, z, hw, layout)
+
+    def scan_and_norm(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, hw: Tuple[int, int],
+                      layout: Optional[TokenLayout]) -> Tensor:
+        """The scan in this group's order (raster rows in and out) → out_norm → · SiLU(z); (b, K, ·) each."""
+        order, reverse, key = self.scan_spec(hw, u.device)
         plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
         y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
         n = self.out_norm  # out_norm(y) · silu(z), the silu too in one kernel on the GPU
@@ -180,17 +185,34 @@ class GroupMambaLayer(nn.Module):
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=1)))))
         groups = self.groups()
         core.prepare_orders(layout, [m.scan_spec(hw, x.device) for m in groups])
-        # the four groups' in_proj and out_proj as one batched matmul each (ops/grouped_linear.py): (G, b·K, ·)
-        b, K, C = x.shape
-        G = len(groups)
-        xz = grouped_linear(x.reshape(b * K, G, C // G).transpose(0, 1), [m.in_proj.weight for m in groups])
-        ys = torch.stack([m.mix(xz[g].view(b, K, -1), hw, layout) for g, m in enumerate(groups)])  # (G, b, K, E)
-        y = grouped_linear(ys.view(G, b * K, -1), [m.out_proj.weight for m in groups])    # (G, b·K, C/G)
+        y = self._groups(x, hw, layout, groups)                                                # (G, b·K, C/G)
         # skip_scale · x · CAM as one (b, K, C) factor; the product takes the factor's token-major layout, so the
         # groups' outputs land back in channel order without a copy (x is token-major already on the GPU)
+        b, K, C = x.shape
+        G = len(groups)
         factor = (x * (self.skip_scale * gate)[:, None].to(dtype)).contiguous().view(b * K, G, C // G)
         y = (factor * y.transpose(0, 1)).view(b, K, C)
         return self.proj(add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=dtype)[0])
+
+    def _groups(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout], groups: List[SS2D]) -> Tensor:
+        """Every group's SS2D (`SS2D.forward` on its quarter of the channels), (G, b·K, C/G). What runs per token runs
+        for the four groups at once: in_proj, x_proj, dt_proj and out_proj as batched matmuls
+        (ops/grouped_linear.py), the 3×3 convs as one grouped launch; the scans (four orders) and out_norms per
+        group."""
+        b, K, C = x.shape
+        G, g0 = len(groups), groups[0]
+        E, R, N = g0.Ds.shape[0], g0.dt_rank, g0.d_state
+        xz = grouped_linear(x.reshape(b * K, G, C // G).transpose(0, 1), [m.in_proj.weight for m in groups])
+        xz = xz.view(G, b, K, 2 * E)
+        taps = stacked([m.conv2d.weight.view(E, *m.conv2d.weight.shape[2:]) for m in groups])      # (G, E, 3, 3)
+        bias = stacked([m.conv2d.bias for m in groups])                                               # (G, E)
+        u = core.depthwise_conv_weights(xz[..., :E], taps, bias, hw, layout, tuple(g0.conv2d.padding), act="silu")
+        x_dbl = grouped_linear(u.view(G, b * K, E), [m.x_proj_weight[0] for m in groups])           # (G, b·K, R+2N)
+        dt = grouped_linear(x_dbl[..., :R], [m.dt_projs_weight[0] for m in groups]).view(G, b, K, E)
+        x_dbl = x_dbl.view(G, b, K, R + 2 * N)
+        ys = torch.stack([m.scan_and_norm(u[g], dt[g], x_dbl[g, ..., R:R + N], x_dbl[g, ..., R + N:],
+                                          xz[g, ..., E:], hw, layout) for g, m in enumerate(groups)])
+        return grouped_linear(ys.view(G, b * K, E), [m.out_proj.weight for m in groups])
 
 
 class PVT2FFN(nn.Module):

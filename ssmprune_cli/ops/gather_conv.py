@@ -18,6 +18,10 @@ then the activation `act` ('silu', or 'gelu': torch's exact erf form; `silu=True
 Output (b, M, C), contiguous, in x's dtype. Arithmetic is float32 (float64 when an
 input is float64). Gradients reach x, weight and bias, never keep or src.
 
+Channel groups: x (G, b, K, C), weight (G, C, KH, KW), bias (G, C) or None, keep and src as above (shared by
+the groups): out[g] is the conv of x[g] with weight[g] and bias[g], (G, b, M, C), in one launch (GroupMamba's
+four SS2D groups, each a (b, K, C) slice of one projection).
+
 The models' uses (docs/kernels.md, "Gather conv"): Vim's causal 1-D conv (grid (1, L), padding (0, KW - 1)) and
 its backward-direction twin (the same with flip=True); 'packed' fill (grid (1, K), no maps: the kept tokens as if
 adjacent); PlainMamba's 7x7 and GroupMamba's 3x3 convs (padding (3, 3) / (1, 1)); 'hold' fill (src maps a
@@ -44,7 +48,10 @@ def gather_conv_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tup
                     padding: Tuple[int, int], keep: Optional[Tensor] = None, src: Optional[Tensor] = None,
                     flip: bool = False, silu: bool = False, act: Optional[str] = None) -> Tensor:
     """The definition: fill the full grid through `src`, dense depthwise conv with explicit zero padding, the
-    activation, gather the rows at `keep`. Differentiable in x, weight and bias."""
+    activation, gather the rows at `keep`. Differentiable in x, weight and bias. Grouped: each group alone."""
+    if x.dim() == 4:
+        return torch.stack([gather_conv_ref(x[g], weight[g], None if bias is None else bias[g], grid, padding, keep,
+                                            src, flip, silu, act) for g in range(x.shape[0])])
     act = _activation(silu, act)
     b, K, C = x.shape
     H, W = grid
@@ -115,11 +122,13 @@ class TracedGatherConv(torch.autograd.Function):
 
 def gather_conv_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     """fvcore handle for `TracedGatherConv` (GATHER_CONV_OP): inputs (x, weight, bias, keep, src), weight
-    (C, KH, KW); output (b, M, C). One multiply-add per output element and tap: b*M*C*KH*KW (bias and SiLU not
-    counted, as fvcore's own conv handle leaves out the bias)."""
-    b, m, c = outputs[0].type().sizes()
-    _, kh, kw = inputs[1].type().sizes()
-    return Counter({"gather_conv": b * m * c * kh * kw})
+    (C, KH, KW) or (G, C, KH, KW); output (b, M, C) or (G, b, M, C). One multiply-add per output element and tap:
+    [G*]b*M*C*KH*KW (bias and SiLU not counted, as fvcore's own conv handle leaves out the bias)."""
+    outputs_n = 1
+    for n in outputs[0].type().sizes():
+        outputs_n *= n
+    kh, kw = inputs[1].type().sizes()[-2:]
+    return Counter({"gather_conv": outputs_n * kh * kw})
 
 
 def _run(name, x, weight, bias, grid, padding, keep, src, flip, act) -> Tensor:
@@ -145,11 +154,17 @@ def _activation(silu: bool, act: Optional[str]) -> Optional[str]:
 
 def _check(x, weight, bias, H, W, keep, src) -> None:
     """Shape checks only (values would need a device sync): out-of-range keep / src values are undefined."""
-    if x.dim() != 3 or weight.dim() != 3 or weight.shape[0] != x.shape[2]:
+    grouped = x.dim() == 4
+    if grouped and (weight.dim() != 4 or tuple(weight.shape[:2]) != (x.shape[0], x.shape[3])):
+        raise ValueError(f"grouped gather_conv needs x (G, b, K, C) and weight (G, C, KH, KW); got {tuple(x.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if not grouped and (x.dim() != 3 or weight.dim() != 3 or weight.shape[0] != x.shape[2]):
         raise ValueError(f"gather_conv needs x (b, K, C) and weight (C, KH, KW); got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (x.shape[2],):
-        raise ValueError(f"bias must be ({x.shape[2]},), got {tuple(bias.shape)}")
+    if bias is not None and tuple(bias.shape) != tuple(x.shape[:1] if grouped else ()) + (x.shape[-1],):
+        want = f"({x.shape[0]}, {x.shape[-1]})" if grouped else f"({x.shape[-1]},)"
+        raise ValueError(f"bias must be {want}, got {tuple(bias.shape)}")
+    x = x[0] if grouped else x  # the maps are per image, shared by the groups
     if keep is not None and (keep.dim() != 2 or keep.shape[0] != x.shape[0]):
         raise ValueError(f"keep must be (b, M) with b = {x.shape[0]}, got {tuple(keep.shape)}")
     if src is None and x.shape[1] != H * W:

@@ -434,3 +434,28 @@ def test_costs_match_fvcore_dense_and_pruned():
     pruned_total = m.fixed_macs() + sum(c["fixed"] + c["per_token"] * k for c, k in zip(costs, tokens))
     assert pruned_total < model_total
     assert pruned_total == fvcore_macs(m, x, make_hook(m, plan, "hold", "calib")) + scan_macs(m, tokens)
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_layer_runs_its_groups_together_as_each_group_alone(pruned):
+    """GroupMambaLayer runs its four SS2D groups together (batched projections, one grouped conv): the same as
+    each group's own module forward on its quarter of the channels, in float64, dense and over a pruned layout."""
+    from ssmprune_cli.models.groupmamba import GroupMambaLayer
+
+    torch.manual_seed(3)
+    cfg = GroupMambaConfig(embed_dims=[24, 32, 48, 64], depths=[1, 1, 1, 1])
+    layer = randomize(GroupMambaLayer(24, cfg, dt_rank=2)).double().eval()
+    b, (H, W) = 2, (4, 5)
+    L = H * W
+    layout = None
+    if pruned:
+        keep = torch.stack([torch.randperm(L)[:13].sort().values for _ in range(b)])
+        layout = TokenLayout(keep, L, (H, W), "hold", "bias")
+    x = torch.randn(b, 13 if pruned else L, 24, dtype=torch.float64)
+    groups = layer.groups()
+    n = layer.norm
+    xn = F.layer_norm(x, (24,), n.weight, n.bias, n.eps)
+    want = torch.cat([m(xg, (H, W), layout) for m, xg in zip(groups, xn.chunk(4, dim=-1))], dim=-1)
+    got = layer._groups(xn, (H, W), layout, groups)                        # (G, b·K, C/G)
+    got = got.view(4, b, x.shape[1], 6).permute(1, 2, 0, 3).reshape(b, x.shape[1], 24)
+    torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)

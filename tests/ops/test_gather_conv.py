@@ -411,3 +411,70 @@ def test_traced_as_one_op_and_counted():
         assert analysis.total() == b * M * C * 9
         assert analysis.by_operator() == {"gather_conv": b * M * C * 9}
         assert not analysis.unsupported_ops()
+
+
+# ----------------------------------------------------------------------------------------------- channel groups
+@pytest.mark.parametrize("kind,with_bias,act", [("dense", True, "silu"), ("grid", False, None),
+                                                ("zero", True, "gelu")])
+def test_grouped_equals_each_group_alone(kind, with_bias, act, small_blocks):
+    """x (G, b, K, C) as GroupMamba passes it (a strided slice of one projection's output), each group with its
+    own taps and bias, the maps shared: output and the gradients of x, weight and bias equal the float64
+    definition run group by group."""
+    torch.manual_seed(11)
+    G, b, C, grid = 3, 2, 5, (4, 5)
+    L = grid[0] * grid[1]
+    keep, src = (None, None) if kind == "dense" else layout_maps(b, grid, 13, kind)[:2]
+    K = L if src is None else keep.shape[1]
+    xz = torch.randn(G * b * K, 2 * C, dtype=torch.float64)
+    x64 = xz.view(G, b, K, 2 * C)[..., :C]                                       # strided, as the model's
+    w64 = torch.randn(G, C, 3, 3, dtype=torch.float64)
+    b64 = torch.randn(G, C, dtype=torch.float64) if with_bias else None
+    want = torch.stack([loop_definition(x64[g], w64[g], None if b64 is None else b64[g], grid, (1, 1), keep, src,
+                                        silu=act == "silu", gelu=act == "gelu") for g in range(G)])
+    ref = gather_conv_ref(x64, w64, b64, grid, (1, 1), keep, src, act=act)
+    assert ref.shape == (G, b, L if keep is None else keep.shape[1], C)
+    assert rel(ref, want) < 1e-12
+
+    xz32 = xz.float().to(DEVICE).requires_grad_()
+    x = xz32.view(G, b, K, 2 * C)[..., :C]
+    w = w64.float().to(DEVICE).requires_grad_()
+    bias = None if b64 is None else b64.float().to(DEVICE).requires_grad_()
+    dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    out = gather_conv(x, w, bias, grid, (1, 1), dev(keep), dev(src), act=act, backend="triton")
+    assert out.shape == ref.shape and out.is_contiguous()
+    assert rel(out, ref) < 1e-5
+    dout = torch.randn(ref.shape, dtype=torch.float64)
+    inputs64 = [t for t in (x64, w64, b64) if t is not None]
+    for t in inputs64:
+        t.requires_grad_()
+    ref = gather_conv_ref(x64, w64, b64, grid, (1, 1), keep, src, act=act)
+    grads64 = torch.autograd.grad(ref, inputs64, dout)
+    grads = torch.autograd.grad(out, [t for t in (x, w, bias) if t is not None], dout.float().to(DEVICE))
+    for got, expect in zip(grads, grads64):
+        assert got.shape == expect.shape
+        assert rel(got, expect) < 1e-5
+
+
+def test_grouped_shape_errors():
+    x = torch.randn(2, 1, 20, 4)
+    with pytest.raises(ValueError, match="grouped gather_conv needs x \\(G, b, K, C\\) and weight \\(G, C, KH, KW\\)"):
+        gather_conv(x, torch.randn(4, 3, 3), None, (4, 5), (1, 1))
+    with pytest.raises(ValueError, match="bias must be \\(2, 4\\)"):
+        gather_conv(x, torch.randn(2, 4, 3, 3), torch.randn(4), (4, 5), (1, 1))
+
+
+def test_grouped_traced_and_counted():
+    """fvcore counts a grouped conv as its groups' convs together: G·b·M·C·KH·KW."""
+    FlopCountAnalysis = _fvcore_analysis()
+
+    class Grouped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 4, 3, 3))
+
+        def forward(self, x):
+            return gather_conv(x, self.w, None, (4, 5), (1, 1))
+
+    fca = FlopCountAnalysis(Grouped(), torch.randn(3, 2, 20, 4)).unsupported_ops_warnings(False)
+    fca.set_op_handle(GATHER_CONV_OP, gather_conv_flop_jit)
+    assert fca.by_operator() == {"gather_conv": 3 * 2 * 20 * 4 * 9}

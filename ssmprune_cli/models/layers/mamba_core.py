@@ -5,7 +5,8 @@ token-major (b, tokens, channels) tensors; the family files keep what differs (t
 bias, channel groups) and call these functions for the rest:
 
     depthwise_conv(x, conv, grid, layout)   a depthwise conv (+ activation) at the kept tokens, reading pruned positions
-                                            through the layout's fill map (DESIGN 2.3 `conv_fill`)
+                                            through the layout's fill map (DESIGN 2.3 `conv_fill`); with the taps
+                                            given, `depthwise_conv_weights`, also for channel groups in one launch
     scan_plan(layout, length, ...)          one scan order over the kept tokens: index streams and the gap counts
     prepare_orders(layout, specs)           the maps of every order a block scans, in one launch (pruned only)
     scan(mixer, d, u, dt, ..., plan)        the scan of direction d with Δ̂ resolved from `delta_fill`
@@ -52,14 +53,24 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
     """
     w = conv.weight
     weight = w.view(w.shape[0], *w.shape[2:]) if w.dim() == 4 else w.view(w.shape[0], 1, w.shape[-1])
+    return depthwise_conv_weights(x, weight, conv.bias, grid, layout, tuple(int(p) for p in conv.padding),
+                                  causal=causal, reverse=reverse, full_grid=full_grid, act=act)
+
+
+def depthwise_conv_weights(x: Tensor, weight: Tensor, bias: Optional[Tensor], grid: Tuple[int, int],
+                           layout: Optional[TokenLayout], padding: Tuple[int, int] = (0, 0), *, causal: bool = False,
+                           reverse: bool = False, full_grid: bool = False, act: Optional[str] = None) -> Tensor:
+    """`depthwise_conv` with the taps (C, KH, KW) and bias given; `padding` is the 2-D conv's. Channel groups
+    (GroupMamba's SS2D groups in one launch): x (G, b, K, C), weight (G, C, KH, KW), bias (G, C), output
+    (G, b, K, C), every group read through the same layout."""
     if causal:
         padding, flip = (0, weight.shape[-1] - 1), reverse
     else:
-        padding, flip = tuple(int(p) for p in conv.padding), False
+        flip = False
     if layout is None or (causal and layout.conv_fill == "packed"):
-        L = x.shape[1]
+        L = x.shape[-2]
         g = (1, L) if causal else grid
-        return gather_conv(x, weight, conv.bias, g, padding, flip=flip, act=act)
+        return gather_conv(x, weight, bias, g, padding, flip=flip, act=act)
     if layout.conv_fill == "packed":
         raise RecipeError("conv_fill 'packed' is for 1-D convolutions; this model's are 2-D: use 'hold' or 'zero'")
     if causal:
@@ -69,8 +80,7 @@ def depthwise_conv(x: Tensor, conv: nn.Module, grid: Tuple[int, int], layout: Op
         kind = "zero" if layout.conv_fill == "zero" else "grid"
         g = grid
     keep = None if full_grid else layout.keep_index()
-    return gather_conv(x, weight, conv.bias, g, padding, keep=keep, src=layout.source_map(kind), flip=flip,
-                       act=act)
+    return gather_conv(x, weight, bias, g, padding, keep=keep, src=layout.source_map(kind), flip=flip, act=act)
 
 
 # ---------------------------------------------------------------------------------------------- scan orders
