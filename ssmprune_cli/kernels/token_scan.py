@@ -238,8 +238,8 @@ def _linear_combine(a1, b1, a2, b2):
 def _one_state_tile(
     t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-    s_ur, s_dr, s_zr, s_ar, s_or,
-    BT: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    s_ur, s_dr, s_zr, s_ar, s_or, s_br, s_cr,
+    BT: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr, U_IDX: tl.constexpr,
     P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr, TERMS: tl.constexpr,
     SAVE: tl.constexpr, OUT: tl.constexpr,
@@ -254,7 +254,7 @@ def _one_state_tile(
     ro = _rows_tile(tt, S, oi_row, mt, O_IDX, REVERSE)
     uu = tl.load(u_row + ru[:, None] * s_ur + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
     x = tl.load(dl_row + rp[:, None] * s_dr + offs_e[None, :], mask=m2, other=0.0).to(tl.float32)
-    bb = tl.load(Bt_ptr + rp * NP, mask=mt, other=0.0)
+    bb = tl.load(Bt_ptr + rp * s_br, mask=mt, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += bias[None, :]
     if SOFTPLUS:
@@ -279,7 +279,7 @@ def _one_state_tile(
         keep = (nxt % 4 == 0) & (nxt < S)
         tl.store(hs_ptr + (nxt // 4)[:, None] * E + offs_e[None, :], h, mask=m2 & keep[:, None])
     if OUT:
-        cc = tl.load(Ct_ptr + rp * NP, mask=mt, other=0.0)
+        cc = tl.load(Ct_ptr + rp * s_cr, mask=mt, other=0.0).to(tl.float32)
         y = h * cc[:, None]
         if HAS_D:
             y += Dv[None, :] * uu
@@ -298,14 +298,15 @@ def _one_state_tile(
 
 @triton.jit(do_not_specialize=["S", "CL", "P"])
 def _token_scan_one_state_kernel(
-    # pointers; A (e,) as A·log2(e) (one state), Bt/Ct (b, Lp, NP) float32 copies (state 0 read); cs/cd the
-    # chunks' end states and decay sums, (b, P, E) float32 each (PHASE 1 writes, 2 reads)
+    # pointers; A (e,) as A·log2(e) (one state); Bt/Ct: B and C, one element per row (the (b, Tp, 1) inputs read
+    # in place, or state 0 of the (b, Lp, NP) float32 copies a backward reads); cs/cd the chunks' end states and
+    # decay sums, (b, P, E) float32 each (PHASE 1 writes, 2 reads)
     u_ptr, dl_ptr, A2_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, gap_ptr, fill_ptr, acc_ptr, out_ptr,
     ui_ptr, pi_ptr, oi_ptr, hs_ptr, cs_ptr, cd_ptr,
     # sizes; CL steps per chunk (a multiple of BT), P chunks (PHASE 0: one chunk of S steps)
-    S, E, Lp, out_scale, CL, P,
-    # strides in elements (the channel stride of every activation is 1)
-    s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib,
+    S, E, out_scale, CL, P,
+    # strides in elements (the channel stride of every activation is 1); B and C: image and row strides
+    s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib, s_bb, s_br, s_cb, s_cr,
     # meta-parameters
     BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
@@ -338,8 +339,8 @@ def _token_scan_one_state_kernel(
     bias = tl.load(bias_ptr + offs_e, mask=me, other=0.0) if HAS_BIAS else zero
     fill = tl.load(fill_ptr + offs_e, mask=me, other=0.0) if HAS_GAP else zero
     Dv = tl.load(D_ptr + offs_e, mask=me, other=0.0) if HAS_D else zero
-    Bt_ptr += pid_b * Lp * NP
-    Ct_ptr += pid_b * Lp * NP
+    Bt_ptr += pid_b * s_bb
+    Ct_ptr += pid_b * s_cb
     u_row = u_ptr + pid_b * s_ub
     dl_row = dl_ptr + pid_b * s_db
     z_row = z_ptr + pid_b * s_zb
@@ -367,7 +368,7 @@ def _token_scan_one_state_kernel(
         carry, d = _one_state_tile(
             t_begin + i * BT, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
             u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-            s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
+            s_ur, s_dr, s_zr, s_ar, s_or, s_br, s_cr, BT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
             U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
         dacc += d
     t0 = t_begin + tiles * BT
@@ -376,7 +377,7 @@ def _token_scan_one_state_kernel(
             carry, d = _one_state_tile(
                 t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                 u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-                s_ur, s_dr, s_zr, s_ar, s_or, BT, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
+                s_ur, s_dr, s_zr, s_ar, s_or, s_br, s_cr, BT, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP, HAS_ACC,
                 U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
             dacc += d
         else:
@@ -384,7 +385,7 @@ def _token_scan_one_state_kernel(
                 carry, d = _one_state_tile(
                     t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-                    s_ur, s_dr, s_zr, s_ar, s_or, BT // 2, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
+                    s_ur, s_dr, s_zr, s_ar, s_or, s_br, s_cr, BT // 2, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
                     HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
                 dacc += d
                 t0 += BT // 2
@@ -392,7 +393,7 @@ def _token_scan_one_state_kernel(
                 carry, d = _one_state_tile(
                     t0, carry, S, t_end, E, offs_e, me, a2, bias, fill, Dv, out_scale,
                     u_row, dl_row, Bt_ptr, Ct_ptr, z_row, a_row, o_row, g_row, ui_row, pi_row, oi_row, hs_ptr,
-                    s_ur, s_dr, s_zr, s_ar, s_or, BT // 4, NP, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
+                    s_ur, s_dr, s_zr, s_ar, s_or, s_br, s_cr, BT // 4, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_GAP,
                     HAS_ACC, U_IDX, P_IDX, O_IDX, REVERSE, FAST, TERMS, SAVE, OUT)
                 dacc += d
     if PHASE == 1:
@@ -489,10 +490,20 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
     Lp = _cdiv(max(Tp, 1), _TILE) * _TILE
     u, delta = _channel_rows(u), _channel_rows(delta)
     z = None if z is None else _channel_rows(z)
-    Bv = B.detach().transpose(1, 2)                                     # (b, n, Tp) views for the copy kernel
-    Cv = C.detach().transpose(1, 2)
-    Xv = None if B_bias is None else B_bias.detach().transpose(-1, -2)  # (n, Tp) or (b, n, Tp)
-    Bt, Ct = _bc_copies(Bv, Cv, Xv, NP, Lp)
+    # one state without a B bias and no backward to follow: the kernel reads B and C (b, Tp, 1) in place, one
+    # element per step (a float32 copy would be one more launch per scan); otherwise (b, Lp, NP) float32 copies
+    direct = N == 1 and B_bias is None and not save
+    if direct:
+        Bt, Ct = B.detach(), C.detach()
+        bc_strides = (Bt.stride(0), Bt.stride(1), Ct.stride(0), Ct.stride(1))
+        ph = A2T                                                         # a float32 stand-in for absent pointers
+    else:
+        Bv = B.detach().transpose(1, 2)                                 # (b, n, Tp) views for the copy kernel
+        Cv = C.detach().transpose(1, 2)
+        Xv = None if B_bias is None else B_bias.detach().transpose(-1, -2)  # (n, Tp) or (b, n, Tp)
+        Bt, Ct = _bc_copies(Bv, Cv, Xv, NP, Lp)
+        bc_strides = (Lp * NP, NP, Lp * NP, NP)
+        ph = Bt
     Dv, bias, fill = _vec(D), _vec(delta_bias), _vec(delta_fill)
     if acc is not None:
         acc = _channel_rows(acc)
@@ -500,11 +511,11 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
     has_gap = gap is not None and delta_fill is not None
     if has_gap:
         gap = gap if gap.stride(-1) == 1 else gap.contiguous()
-    ui, s_uib = _index(u_idx, S, b, Bt)
-    pi, s_pib = _index(p_idx, S, b, Bt)
-    oi, s_oib = _index(o_idx, S, b, Bt)
+    ui, s_uib = _index(u_idx, S, b, ph)
+    pi, s_pib = _index(p_idx, S, b, ph)
+    oi, s_oib = _index(o_idx, S, b, ph)
     # states every 4 steps: all NP for N > 1 (the kernel stores them unmasked), the one for N = 1
-    hs = _empty((b, _cdiv(S, 4), NP if N > 1 else 1, E), torch.float32, u.device) if save else Bt
+    hs = _empty((b, _cdiv(S, 4), NP if N > 1 else 1, E), torch.float32, u.device) if save else ph
     saved = (hs, Bt, Ct) if save else None
     if S == 0 or b == 0:
         return out, saved
@@ -512,8 +523,8 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
     # softplus terms: 4 suffice for 16-bit inference; the training path keeps 7, as its backward recomputes Δ
     terms = 4 if u.dtype in (torch.bfloat16, torch.float16) and not save else 7
     zz, aa = (z if z is not None else u), (acc if acc is not None else u)
-    common = (Dv if Dv is not None else Bt, zz, bias if bias is not None else Bt, gap if has_gap else Bt,
-              fill if has_gap else Bt, aa, out, ui, pi, oi, hs)
+    common = (Dv if Dv is not None else ph, zz, bias if bias is not None else ph, gap if has_gap else ph,
+              fill if has_gap else ph, aa, out, ui, pi, oi, hs)
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
                aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
                s_uib, s_pib, s_oib)
@@ -529,9 +540,9 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
             BT, BE, warps = int(cfg["BT"]), int(cfg["BE"]), int(cfg["num_warps"])
             grid = (_cdiv(E, BE), b)
             P, CL = _chunks(grid[0] * b, S, cfg, u, BT, save)
-            cs, cd = _chunk_buffers(P, (b, P, E), (b, P, E), u.device, Bt)
+            cs, cd = _chunk_buffers(P, (b, P, E), (b, P, E), u.device, ph)
             split = _split_tail((grid[0], b * P), cfg, u)
-            args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, Lp, float(out_scale), CL, P, *strides)
+            args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, float(out_scale), CL, P, *strides, *bc_strides)
             if P > 1:
                 _token_scan_one_state_kernel[grid + (P - 1,)](*args, BT=BT, BE=BE, num_warps=warps, SPLIT=split,
                                                               **summary)
@@ -542,7 +553,7 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
             warps = int(cfg["num_warps"])
             grid = (_cdiv(E, 32 * warps), b)
             P, CL = _chunks(grid[0] * b, S, cfg, u, 1, save)
-            cs, cd = _chunk_buffers(P, (b, P, NP, E), (b, P, E), u.device, Bt)
+            cs, cd = _chunk_buffers(P, (b, P, NP, E), (b, P, E), u.device, ph)
             args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, N, Lp, E, float(out_scale), CL, P, 1, *strides)
             if P > 1:
                 _token_scan_kernel[grid + (P - 1,)](*args, BE=32 * warps, **summary, num_warps=warps)

@@ -5,12 +5,13 @@ its Triton kernel (the interpreter, on CPU tensors), each kernel one launch, plu
 score, selection, the new layout, one launch for all the scan orders of the next block, the 2-D fill map, the
 gathers of the tensors that go on and a hierarchical model's refill scatter."""
 
-import collections
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssmprune_cli.kernels import token_scan as ts
 from ssmprune_cli.models import create_model
@@ -19,46 +20,17 @@ from ssmprune_cli.pruning.plan import PruningSpec
 from ssmprune_cli.pruning.pruned_model import PrunedModel
 from ssmprune_cli.pruning.schedule import keep_from_rates
 
-_FREE = {"view", "_unsafe_view", "expand", "t", "transpose", "permute", "select", "slice", "split",
-         "split_with_sizes", "unsqueeze", "squeeze", "as_strided", "alias", "detach", "unbind", "reshape",
-         "lift_fresh", "_reshape_alias", "unflatten", "flatten", "narrow", "empty", "empty_strided", "empty_like",
-         "new_empty", "is_same_size", "chunk"}
 
-
-class _Launches(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-        self.inside_kernel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = func.__name__.split(".")[0]
-        if self.inside_kernel or name in _FREE or (name == "to" and args and out is args[0]):
-            return out
-        self.ops[name] += 1
-        return out
-
-
-def _count(model, x, monkeypatch) -> collections.Counter:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    counter = _Launches()
-    run = InterpretedFunction.run
-
-    def counted(self, *args, **kwargs):
-        counter.ops["kernel " + self.fn.__name__] += 1
-        counter.inside_kernel += 1  # the interpreter's own tensor work is the kernel, not launches
-        try:
-            return run(self, *args, **kwargs)
-        finally:
-            counter.inside_kernel -= 1
-
-    monkeypatch.setattr(InterpretedFunction, "run", counted)
-    with counter:
-        model(x)
-    monkeypatch.setattr(InterpretedFunction, "run", run)
-    return counter.ops
+def _count(model, x):
+    """benchmarks/launch_count.py's counter (loaded here: it refuses to import without the interpreter)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "launch_count.py"
+    spec = importlib.util.spec_from_file_location("bench_launch_count", path)
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module.count(model, x)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -82,7 +54,25 @@ def test_a_prune_point_costs_a_handful_of_launches(name, options, per_point, onc
     x = torch.randn(1, *model.input_size())
     with scan_backend("triton"), torch.inference_mode():
         pruned(x)  # parameter copies and scan orders made once (shared by both forwards), outside the count
-        d, p = _count(model, x, monkeypatch), _count(pruned, x, monkeypatch)
+        d, p = _count(model, x), _count(pruned, x)
     extra = sum(p.values()) - sum(d.values())
     assert p["kernel _select_kernel"] == len(points) and p["kernel _clip_score_kernel"] == len(points)
     assert 0 < extra <= per_point * len(points) + once, (extra, p - d)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="counts Triton launches through the interpreter (set on machines without CUDA)")
+def test_groupmamba_layer_runs_its_four_groups_together():
+    """What runs per token runs for the four channel groups at once: in_proj, x_proj, dt_proj and out_proj as one
+    batched matmul each, the 3x3 convs as one launch; only the four scans (four orders) and out_norms per group."""
+    from ssmprune_cli.models.groupmamba import GroupMambaConfig, GroupMambaLayer
+
+    torch.manual_seed(0)
+    layer = GroupMambaLayer(32, GroupMambaConfig(embed_dims=[32, 32, 32, 32]), dt_rank=1).eval()
+    x = torch.randn(1, 20, 32)
+    with scan_backend("triton"), torch.inference_mode():
+        layer(x, (4, 5))
+        ops = _count(lambda t: layer(t, (4, 5)), x)
+    assert ops["bmm"] == 4 and ops["kernel _conv_fwd_kernel"] == 1
+    assert ops["linear"] == 3                                   # CAM's fc1 and fc2, proj
+    assert ops["kernel _token_scan_one_state_kernel"] == 4
