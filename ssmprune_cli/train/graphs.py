@@ -8,7 +8,8 @@ them. Pruned models are capture-safe (fixed kept-token counts, no host reads in 
 optimizer stay eager: they are a handful of launches.
 
 Autocast runs with its weight-cast cache off, during capture and every step (a cached cast made outside the graph
-would be freed while the graph still reads it).
+would be freed while the graph still reads it). For the same reason the graphs keep the kernel-ready parameter
+copies their capture was served (`ssmprune_cli/param_cache.py`: those of frozen parameters, made once).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from ssmprune_cli import param_cache
 
 log = logging.getLogger("ssmprune.train")
 
@@ -39,12 +42,13 @@ class GraphedTraining:
         self.shape = tuple(sample.shape)
         self.bf16 = bf16
         self._eager: Callable = type(model).forward.__get__(model)
+        self._derived: list = []
         self.ok = False
         # make_graphed_callables replaces model.forward; a model graphed by an earlier train() call (one call per
         # epoch, say) must be captured through its own forward, not by replaying the old graph inside the capture
         model.__dict__.pop("forward", None)
         try:
-            with autocast(bf16):
+            with autocast(bf16), param_cache.recording() as self._derived:  # kept: the graphs read them
                 torch.cuda.make_graphed_callables(model, (sample,), num_warmup_iters=warmup)
             self.ok = True
         except Exception as exc:  # capture fails in many ways (an op that syncs, say): train eagerly
@@ -62,6 +66,7 @@ class GraphedTraining:
     def release(self) -> None:
         """Give the model its own forward back (and the graphs' memory to the allocator once unreferenced)."""
         self.model.__dict__.pop("forward", None)
+        self._derived = []
         self.ok = False
 
 
