@@ -61,14 +61,14 @@ MAX_WIDTH = 4096  # the widest row that fits one block; wider rows go to the ref
 def _norm_fwd_kernel(
     # pointers
     X, R, W, B, G, Y, RO, MEAN, RSTD,
-    # dimensions
-    M, D, eps,
+    # dimensions; RPG: rows per group of weights (GROUPED: row r takes W and B row r // RPG)
+    M, D, eps, RPG,
     # row strides
     s_x, s_r, s_g, s_y, s_ro,
     # meta-parameters
     BLOCK_D: tl.constexpr, ROWS: tl.constexpr, IS_RMS: tl.constexpr, HAS_RES: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, STORE_RES: tl.constexpr, SAVE_STATS: tl.constexpr,
-    GATE_SILU: tl.constexpr = False,
+    GATE_SILU: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_D)
@@ -89,10 +89,16 @@ def _norm_fwd_kernel(
         mean = tl.sum(s, axis=1) / D
         xc = tl.where(mask, s - mean[:, None], 0.0)
     rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / D + eps)
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :]
-    if HAS_BIAS:
-        y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if GROUPED:  # each row its group's weights (rows of one program may span two groups)
+        wc = (rows // RPG).to(tl.int64)[:, None] * D + c
+        y = xc * rstd[:, None] * tl.load(W + wc, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y += tl.load(B + wc, mask=mask, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :]
+        if HAS_BIAS:
+            y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if HAS_GATE:
         g = tl.load(G + r64 * s_g + c, mask=mask, other=0.0).to(tl.float32)
         if GATE_SILU:
@@ -236,8 +242,10 @@ def _forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
              gate_silu: bool = False) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """One forward launch: (out, residual out or None, mean or None, rstd or None). out and the residual output
     have x's shape and are allocated so, not as views (autograd forbids in-place changes to views a custom
-    Function returns); mean (layer) and rstd, (M,) float32, only with `save`."""
+    Function returns); mean (layer) and rstd, (M,) float32, only with `save`. Grouped weights (G, D): x's first
+    dim is the group (forward only)."""
     D = int(x.shape[-1])
+    groups = int(weight.shape[0]) if weight.dim() == 2 else 1
     (x2, s_x), (r2, s_r), (g2, s_g) = _rows(x, D), _rows(residual, D), _rows(gate, D)
     M, dev = x.numel() // D, x.device
     y = _empty(x.shape, out_dtype, dev)
@@ -250,11 +258,11 @@ def _forward(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
         with _device_guard(x):
             _norm_fwd_kernel[(_cdiv(M, rows),)](
                 x2, _or(r2, x2), weight, _or(bias, weight), _or(g2, x2), y, _or(ro, y), _or(mean, y), _or(rstd, y),
-                M, D, eps,
+                M, D, eps, M // groups,
                 s_x, s_r, s_g, D, D,
                 BLOCK_D=block_d, ROWS=rows, IS_RMS=is_rms, HAS_RES=r2 is not None, HAS_BIAS=bias is not None,
                 HAS_GATE=g2 is not None, STORE_RES=ro is not None, SAVE_STATS=save, GATE_SILU=gate_silu,
-                num_warps=warps)
+                GROUPED=groups > 1, num_warps=warps)
     return y, ro, mean, rstd
 
 
@@ -340,6 +348,8 @@ def add_norm_triton(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias:
     bias = None if bias is None else bias.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x, residual, weight, bias, gate)):
+        if weight.dim() == 2:
+            raise BadInputError("fused add + norm: grouped weights have no Triton backward; use the reference")
         return AddNormFn.apply(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, gate_silu)
     y, ro, _, _ = _forward(x, residual, weight, bias, gate, eps, is_rms, out_dtype, residual_dtype, False, gate_silu)
     return y, ro

@@ -153,12 +153,17 @@ class SS2D(nn.Module):
     def scan_and_norm(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, hw: Tuple[int, int],
                       layout: Optional[TokenLayout]) -> Tensor:
         """The scan in this group's order (raster rows in and out) → out_norm → · SiLU(z); (b, K, ·) each."""
-        order, reverse, key = self.scan_spec(hw, u.device)
-        plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
-        y = core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
+        y = self.scan(u, dt, B, C, hw, layout)
         n = self.out_norm  # out_norm(y) · silu(z), the silu too in one kernel on the GPU
         return add_norm(y, None, n.weight, n.bias, n.eps, "layer", out_dtype=core.activation_dtype(y), gate=z,
                         gate_act="silu")[0]
+
+    def scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, hw: Tuple[int, int],
+             layout: Optional[TokenLayout]) -> Tensor:
+        """The scan in this group's order, raster rows in and out, (b, K, E)."""
+        order, reverse, key = self.scan_spec(hw, u.device)
+        plan = core.scan_plan(layout, hw[0] * hw[1], order, reverse=reverse, key=key)
+        return core.scan(self, 0, u, dt, self.A_logs, B, C, self.Ds, self.dt_projs_bias[0], plan, layout)
 
 
 class GroupMambaLayer(nn.Module):
@@ -197,8 +202,8 @@ class GroupMambaLayer(nn.Module):
     def _groups(self, x: Tensor, hw: Tuple[int, int], layout: Optional[TokenLayout], groups: List[SS2D]) -> Tensor:
         """Every group's SS2D (`SS2D.forward` on its quarter of the channels), (G, b·K, C/G). What runs per token runs
         for the four groups at once: in_proj, x_proj, dt_proj and out_proj as batched matmuls
-        (ops/grouped_linear.py), the 3×3 convs as one grouped launch; the scans (four orders) and out_norms per
-        group."""
+        (ops/grouped_linear.py), the 3×3 convs and the out_norms as one grouped launch each; the scans (four orders)
+        per group."""
         b, K, C = x.shape
         G, g0 = len(groups), groups[0]
         E, R, N = g0.Ds.shape[0], g0.dt_rank, g0.d_state
@@ -210,8 +215,17 @@ class GroupMambaLayer(nn.Module):
         x_dbl = grouped_linear(u.view(G, b * K, E), [m.x_proj_weight[0] for m in groups])           # (G, b·K, R+2N)
         dt = grouped_linear(x_dbl[..., :R], [m.dt_projs_weight[0] for m in groups]).view(G, b, K, E)
         x_dbl = x_dbl.view(G, b, K, R + 2 * N)
-        ys = torch.stack([m.scan_and_norm(u[g], dt[g], x_dbl[g, ..., R:R + N], x_dbl[g, ..., R + N:],
-                                          xz[g, ..., E:], hw, layout) for g, m in enumerate(groups)])
+        B, C_, z = x_dbl[..., R:R + N], x_dbl[..., R + N:], xz[..., E:]
+        norms = [m.out_norm for m in groups]
+        if torch.is_grad_enabled() and (u.requires_grad or norms[0].weight.requires_grad):
+            # training: per-group out_norms, whose fused kernel has a backward
+            ys = torch.stack([m.scan_and_norm(u[g], dt[g], B[g], C_[g], z[g], hw, layout)
+                              for g, m in enumerate(groups)])
+        else:
+            ys = torch.stack([m.scan(u[g], dt[g], B[g], C_[g], hw, layout) for g, m in enumerate(groups)])
+            # the four out_norms · SiLU(z) in one launch, each group's rows with its own weights (ops/fused_norm.py)
+            ys = add_norm(ys, None, stacked([n.weight for n in norms]), stacked([n.bias for n in norms]),
+                          norms[0].eps, "layer", out_dtype=core.activation_dtype(ys), gate=z, gate_act="silu")[0]
         return grouped_linear(ys.view(G, b * K, E), [m.out_proj.weight for m in groups])
 
 

@@ -1,7 +1,9 @@
 """Residual add + normalisation (+ gate) in one op: dispatch point and PyTorch reference.
 
 Shapes: x, residual, gate: (..., D), any leading shape; rows may be strided as long as the last dim is contiguous
-(a column slice `t[..., :D]` is read in place). weight, bias: (D,).
+(a column slice `t[..., :D]` is read in place). weight, bias: (D,); or grouped, (G, D): x is (G, ..., D) and
+x[g]'s rows take weight[g] and bias[g] (GroupMamba's four out_norms in one launch; the kernels run it forwards
+only, so with gradients to compute it takes the reference).
 
 Semantics (`add_norm_ref` is the definition):
     s      = x + residual                 (x when residual is None), in float32; float64 if any input is float64
@@ -56,9 +58,12 @@ def _check(x, residual, weight, bias, kind, gate, gate_act=None) -> None:
     for name, t in (("residual", residual), ("gate", gate)):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"add_norm: {name} has shape {tuple(t.shape)}, x has {tuple(x.shape)}")
+    grouped = weight.dim() == 2
+    want = (x.shape[0], D) if grouped else (D,)
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.shape != (D,):
-            raise ValueError(f"add_norm: {name} has shape {tuple(t.shape)}, expected ({D},)")
+        if t is not None and t.shape != want:
+            raise ValueError(f"add_norm: {name} has shape {tuple(t.shape)}, expected {want}"
+                             + (" (grouped: x's first dim is the group)" if grouped else ""))
 
 
 def _residual_dtype(x: Tensor, residual: Optional[Tensor], residual_dtype: Optional[torch.dtype]
@@ -84,6 +89,9 @@ def add_norm_ref(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Op
     else:
         centred = s - s.mean(-1, keepdim=True)
         normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    if weight.dim() == 2:  # grouped: x's first dim picks the row of weight and bias
+        per_group = (weight.shape[0],) + (1,) * (x.dim() - 2) + (weight.shape[1],)
+        weight, bias = weight.view(per_group), None if bias is None else bias.view(per_group)
     normed = normed * weight.to(dtype)
     if bias is not None:
         normed = normed + bias.to(dtype)
@@ -113,6 +121,9 @@ def add_norm(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Option
         use_triton = x.is_cuda and 0 < x.shape[-1] <= MAX_WIDTH
     else:
         use_triton = backend == "triton"
+    if weight.dim() == 2 and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, residual, weight, bias, gate)):
+        use_triton = False  # grouped weights: the kernels run forwards only
     if not use_triton or _any_float64(x, residual, weight, bias, gate):
         return add_norm_ref(x, residual, weight, bias, eps, kind, out_dtype, residual_dtype, gate, gate_act=gate_act)
     _check(x, residual, weight, bias, kind, gate, gate_act)

@@ -436,10 +436,12 @@ def test_costs_match_fvcore_dense_and_pruned():
     assert pruned_total == fvcore_macs(m, x, make_hook(m, plan, "hold", "calib")) + scan_macs(m, tokens)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
-def test_layer_runs_its_groups_together_as_each_group_alone(pruned):
-    """GroupMambaLayer runs its four SS2D groups together (batched projections, one grouped conv): the same as
-    each group's own module forward on its quarter of the channels, in float64, dense and over a pruned layout."""
+def test_layer_runs_its_groups_together_as_each_group_alone(pruned, grad):
+    """GroupMambaLayer runs its four SS2D groups together (batched projections, one grouped conv, for inference
+    one grouped out_norm): the same as each group's own module forward on its quarter of the channels, in
+    float64, dense and over a pruned layout."""
     from ssmprune_cli.models.groupmamba import GroupMambaLayer
 
     torch.manual_seed(3)
@@ -456,7 +458,9 @@ def test_layer_runs_its_groups_together_as_each_group_alone(pruned):
     n = layer.norm
     xn = F.layer_norm(x, (24,), n.weight, n.bias, n.eps)
     want = torch.cat([m(xg, (H, W), layout) for m, xg in zip(groups, xn.chunk(4, dim=-1))], dim=-1)
-    got = layer._groups(xn, (H, W), layout, groups)                        # (G, b·K, C/G)
+    with torch.set_grad_enabled(grad):
+        got = layer._groups(xn, (H, W), layout, groups)                    # (G, b·K, C/G)
+    assert got.requires_grad == grad
     got = got.view(4, b, x.shape[1], 6).permute(1, 2, 0, 3).reshape(b, x.shape[1], 24)
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
 

@@ -400,3 +400,32 @@ def test_width_limit_is_one_number():
 
 def test_importing_the_op_does_not_import_triton(triton_after_import):
     assert triton_after_import["ssmprune_cli.ops.fused_norm"] is False  # in a fresh interpreter (conftest.py)
+
+
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 24), (torch.bfloat16, 40)])
+def test_kernels_grouped_weights(dtype, D, small_tiles):
+    """Weights (G, D): x (G, b, K, D), group g's rows normed with weight[g] and bias[g], gated by silu(z) read as a
+    column slice (GroupMamba's four out_norms in one launch; rows of one program span two groups here): the
+    kernel against each group's float64 reference."""
+    G, b, K = 3, 2, 5
+    x = torch.randn(G, b, K, D).to(dtype)
+    xz = torch.randn(G, b, K, 2 * D).to(dtype)
+    z = xz[..., D:]
+    w, bias = torch.randn(G, D) * 0.5 + 1.0, torch.randn(G, D) * 0.3
+    want = torch.stack([add_norm_ref(x[g].double(), None, w[g].double(), bias[g].double(), EPS, "layer",
+                                     gate=z[g].double(), gate_act="silu")[0] for g in range(G)])
+    ref = add_norm_ref(x.double(), None, w.double(), bias.double(), EPS, "layer", gate=z.double(), gate_act="silu")[0]
+    torch.testing.assert_close(ref, want, rtol=1e-12, atol=1e-12)
+    dev = lambda t: t.to(DEVICE)  # noqa: E731
+    got = add_norm(dev(x), None, dev(w), dev(bias), EPS, "layer", gate=dev(xz)[..., D:], gate_act="silu",
+                   backend="triton")[0]
+    assert got.shape == x.shape and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 4 * BF16_ULP
+    assert ((got.double().cpu() - want).abs() / want.abs().clamp(min=1.0)).max() < tol
+    # with gradients to compute, grouped weights take the reference (the kernels have no grouped backward)
+    wg = dev(w).requires_grad_()
+    y = add_norm(dev(x).float(), None, wg, dev(bias), EPS, "layer", backend="triton")[0]
+    y.sum().backward()
+    assert wg.grad.shape == (G, D)
+    with pytest.raises(ValueError, match=f"expected \\(3, {D}\\) \\(grouped"):
+        add_norm(x, None, torch.randn(G, D + 1), None, EPS, "layer")
