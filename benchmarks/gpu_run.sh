@@ -5,7 +5,8 @@
 #                                      [compile] [stages] [profile] [stock] [pack]
 #
 #   tests   the kernels' CUDA tests (compiled Triton, fast paths included); quick: the layout maps, the token
-#           selection, the chunked scan and preloaded conv launches, the one-state scan and the A_log cache
+#           selection, the chunked scan and preloaded conv launches, the one-state scan and the A_log cache, the
+#           channel-grouped conv, norm and projections, the inference graphs' weight casts
 #   eager   Vim-S dense against pruned without CUDA graphs
 #   models  benchmarks/models.py: dense against pruned, Vim-S / PlainMamba-L3 / GroupMamba-T, bf16, batch 128
 #   base    the same cases with an older tree in .base/ (git archive of the commit to compare against; BASE=dir
@@ -47,7 +48,10 @@ for step in "$@"; do
         quick) { python3 -m pytest -o addopts=-ra -q -x tests/ops/test_layout_maps.py tests/ops/test_token_select.py \
                    tests/ops/test_token_scan_chunks.py tests/ops/test_gather_conv_preload.py && \
                  python3 -m pytest -o addopts=-ra -q -x tests/ops/test_token_scan.py tests/ops/test_token_scan_backward.py \
-                   -k "one_state or a_log or small_state or single_state or bf16"; } 2>&1 | tee "$out/tests.txt" \
+                   -k "one_state or a_log or small_state or single_state or bf16" && \
+                 python3 -m pytest -o addopts=-ra -q -x tests/ops/test_grouped_linear.py tests/ops/test_gather_conv.py \
+                   tests/ops/test_fused_norm.py tests/ops/test_graphs.py -k "grouped or stacked or separate or graph or cast"; } \
+                   2>&1 | tee "$out/tests.txt" \
                    | grep -E "passed|failed|rror" ;;
         eager) PYTHONPATH=$PWD:${PYTHONPATH:-} python3 benchmarks/models.py --cases vim_small --no-graphs \
                    --json "$out/eager.json" 2>&1 | tee "$out/eager.txt" | tail -2 ;;
