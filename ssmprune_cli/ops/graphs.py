@@ -9,9 +9,9 @@ Autocast runs inside the captured function with its weight-cast cache off: a cac
 would be freed when the autocast context closes, and the graph would read freed memory. So that the graph does not
 replay a cast of every matmul weight at every call instead (hundreds of small kernels: a quarter of a batch-1
 GroupMamba-T forward's launches), the weights autocast would cast are handed to the capture already cast, as copies
-the graph keeps (`matmul_weights_as`): the same values autocast makes, so the same results. The kernel-ready parameter copies the capture was served
-(ssmprune_cli/param_cache.py) are kept with the graph, so that a later call that replaces them in the cache cannot free
-memory the graph reads.
+the graph keeps (`matmul_weights_as`): the same values autocast makes, so the same results. The kernel-ready
+parameter copies the capture was served (ssmprune_cli/param_cache.py) are kept with the graph, so that a later
+call that replaces them in the cache cannot free memory the graph reads.
 """
 
 from __future__ import annotations
