@@ -438,14 +438,15 @@ def test_costs_match_fvcore_dense_and_pruned():
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
-def test_layer_runs_its_groups_together_as_each_group_alone(pruned, grad):
+@pytest.mark.parametrize("shape", [dict(), dict(ssm_ratio=2.0, d_state=4)], ids=["official", "wider"])
+def test_layer_runs_its_groups_together_as_each_group_alone(pruned, grad, shape):
     """GroupMambaLayer runs its four SS2D groups together (batched projections, one grouped conv, for inference
     one grouped out_norm): the same as each group's own module forward on its quarter of the channels, in
     float64, dense and over a pruned layout."""
     from ssmprune_cli.models.groupmamba import GroupMambaLayer
 
     torch.manual_seed(3)
-    cfg = GroupMambaConfig(embed_dims=[24, 32, 48, 64], depths=[1, 1, 1, 1])
+    cfg = GroupMambaConfig(embed_dims=[24, 32, 48, 64], depths=[1, 1, 1, 1], **shape)
     layer = randomize(GroupMambaLayer(24, cfg, dt_rank=2)).double().eval()
     b, (H, W) = 2, (4, 5)
     L = H * W
