@@ -308,7 +308,7 @@ def _token_scan_one_state_kernel(
     # strides in elements (the channel stride of every activation is 1); B and C: image and row strides
     s_ub, s_ur, s_db, s_dr, s_zb, s_zr, s_ab, s_ar, s_ob, s_or, s_gb, s_uib, s_pib, s_oib, s_bb, s_br, s_cb, s_cr,
     # meta-parameters
-    BT: tl.constexpr, BE: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    BT: tl.constexpr, BE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_GAP: tl.constexpr, HAS_ACC: tl.constexpr,
     U_IDX: tl.constexpr, P_IDX: tl.constexpr, O_IDX: tl.constexpr, REVERSE: tl.constexpr, FAST: tl.constexpr,
     TERMS: tl.constexpr, SAVE: tl.constexpr = False, SPLIT: tl.constexpr = False, PHASE: tl.constexpr = 0,
@@ -528,7 +528,7 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
                aa.stride(0), aa.stride(1), out.stride(0), out.stride(1), gap.stride(0) if has_gap else 0,
                s_uib, s_pib, s_oib)
-    flags = dict(NP=NP, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HAS_GAP=has_gap, HAS_ACC=acc is not None, U_IDX=u_idx is not None,
                  P_IDX=p_idx is not None, O_IDX=o_idx is not None, REVERSE=bool(reverse), FAST=fast, TERMS=terms,
                  SAVE=bool(save))
@@ -556,8 +556,8 @@ def forward(u, delta, A2T, B, C, D, z, delta_bias, B_bias, gap, delta_fill, u_id
             cs, cd = _chunk_buffers(P, (b, P, NP, E), (b, P, E), u.device, ph)
             args = (u, delta, A2T, Bt, Ct, *common, cs, cd, S, E, N, Lp, E, float(out_scale), CL, P, 1, *strides)
             if P > 1:
-                _token_scan_kernel[grid + (P - 1,)](*args, BE=32 * warps, **summary, num_warps=warps)
-            _token_scan_kernel[grid + (P,)](*args, BE=32 * warps, **flags, PHASE=2 if P > 1 else 0,
+                _token_scan_kernel[grid + (P - 1,)](*args, BE=32 * warps, NP=NP, **summary, num_warps=warps)
+            _token_scan_kernel[grid + (P,)](*args, BE=32 * warps, NP=NP, **flags, PHASE=2 if P > 1 else 0,
                                             num_warps=warps)
     return out, saved
 

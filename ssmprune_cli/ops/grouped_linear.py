@@ -22,7 +22,8 @@ from ssmprune_cli.param_cache import derived_from
 
 
 def stacked(weights: Sequence[Tensor]) -> Tensor:
-    """(G, out, in): the weights stacked; cached per weight version unless they take part in autograd."""
+    """(G, ...): G per-group parameters of one shape stacked (projection weights here; GroupMamba also stacks its
+    conv taps and norm weights so); cached per parameter version unless they take part in autograd."""
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
         return torch.stack(list(weights))
     return derived_from(weights, "grouped_linear", lambda ws: torch.stack(list(ws)))
